@@ -1,0 +1,3 @@
+from bgpvip.cli import main
+
+main()

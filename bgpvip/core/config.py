@@ -1,0 +1,741 @@
+"""bgpvip's configuration: frozen, validated types and `load(mapping) -> Config`.
+
+Pure side of the line: this module never reads a file (see `bgpvip.configfile` for that).
+Every error names the exact field, e.g. `vips[1].checks[0].interval: must be > 0`, and
+`bgpvip check-config` runs the very same function. Each setting documents its default and
+the reason for it; `docs/configuration.md` is generated from these docstrings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_COMMUNITY_RE = re.compile(r"^(\d{1,5}):(\d{1,5})$")
+_LARGE_COMMUNITY_RE = re.compile(r"^(\d{1,10}):(\d{1,10}):(\d{1,10})$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_WELL_KNOWN_COMMUNITIES = frozenset({"no-export", "no-advertise", "no-export-subconfed", "nopeer"})
+_ASN = Annotated[int, Field(ge=1, le=4_294_967_295)]
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used. `problems` holds (path, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {msg}" if path else msg for path, msg in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        str_strip_whitespace=True,
+    )
+
+
+# --------------------------------------------------------------------------- checks
+
+
+class _CheckTiming(_Model):
+    interval: float = Field(default=0.1, gt=0, le=3600)
+    """Seconds between probes while the check is steady (UP or DOWN). Default 0.1: a local
+    probe costs microseconds of CPU, and the interval bounds how late a failure is seen."""
+
+    fast_interval: float = Field(default=0.02, gt=0, le=3600)
+    """Seconds between probes while the check is changing state (after a first failure or a
+    first success), like HAProxy's `fastinter`. Default 0.02: it confirms a failure (or a
+    recovery) within a few tens of milliseconds without shortening the steady interval."""
+
+    timeout: float = Field(default=1.0, gt=0, le=3600)
+    """Hard limit in seconds for one probe; a probe still running then counts as a failure and
+    is cut off. Default 1.0: far above a healthy local response, so one slow answer under load
+    is a single failure, which `fall` absorbs."""
+
+    rise: int = Field(default=3, ge=1, le=1000)
+    """Consecutive successes before a check counts as UP. Default 3: a flapping backend has to
+    answer three times in a row (about 40 ms at `fast_interval`) before traffic returns."""
+
+    fall: int = Field(default=2, ge=1, le=1000)
+    """Consecutive failures before a check counts as DOWN. Default 2: one lost or slow probe
+    never withdraws a route, and the second failure comes `fast_interval` after the first."""
+
+
+class HttpCheck(_CheckTiming):
+    """GET a URL; healthy when the status is one of `expect_status`."""
+
+    type: Literal["http"]
+    url: str
+    """`http://` or `https://` URL, for example `https://127.0.0.1:6443/readyz`."""
+    method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
+    """HTTP method. Default GET, what `/readyz` and `/healthz` endpoints expect."""
+    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = (200,)
+    """Status codes that count as healthy. Default 200 only: a redirect or 401 is not health."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra request headers (for example `Host`)."""
+    ca_file: Path | None = None
+    """PEM bundle to verify the server's certificate. Default: the system trust store."""
+    tls_server_name: str | None = None
+    """Name to verify the certificate against (and send as SNI) instead of the URL's host;
+    `kubernetes` matches every kube-apiserver serving certificate."""
+    insecure: bool = False
+    """Skip certificate verification. Default false; prefer `ca_file`."""
+    client_cert: Path | None = None
+    """PEM client certificate for servers that require one."""
+    client_key: Path | None = None
+    """PEM key for `client_cert`."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            _ = parts.port
+        except ValueError as e:
+            raise ValueError(f"bad port: {e}") from None
+        if any(ord(c) < 33 or ord(c) == 127 for c in v):
+            raise ValueError("must not contain spaces or control characters")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9-]+", k) or any(c in val for c in "\r\n\0"):
+                raise ValueError(f"bad header {k!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> HttpCheck:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        if self.insecure and self.ca_file is not None:
+            raise ValueError("set either ca_file or insecure, not both")
+        return self
+
+
+class KubeApiserverCheck(_CheckTiming):
+    """The local kube-apiserver's `/readyz`, verified with the cluster CA (kubeadm paths).
+
+    Needs no credentials: `/readyz` is readable anonymously in a default cluster."""
+
+    type: Literal["kube-apiserver"]
+    host: str = "127.0.0.1"
+    """Where the local kube-apiserver listens. Default loopback, so only this node counts."""
+    port: int = Field(default=6443, ge=1, le=65535)
+    """kube-apiserver's secure port. Default 6443, kubeadm's."""
+    path: str = "/readyz"
+    """Readiness endpoint. Default `/readyz`: it turns false while the apiserver shuts down."""
+    ca_file: Path | None = Path("/etc/kubernetes/pki/ca.crt")
+    """Cluster CA. Default kubeadm's path."""
+    tls_server_name: str = "kubernetes"
+    """Name checked in the serving certificate. Default `kubernetes`: every apiserver
+    certificate carries it, while 127.0.0.1 usually is not a SAN."""
+    insecure: bool = False
+    """Skip certificate verification (only for clusters without the kubeadm CA path)."""
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            ip_address(v)
+        except ValueError:
+            if not _HOSTNAME_RE.fullmatch(v):
+                raise ValueError("must be an IP address or a host name") from None
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(ord(c) < 33 or ord(c) == 127 for c in v):
+            raise ValueError("must start with '/' and contain no spaces or control characters")
+        return v
+
+    def as_http(self) -> HttpCheck:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return HttpCheck(
+            type="http",
+            url=f"https://{host}:{self.port}{self.path}",
+            ca_file=None if self.insecure else self.ca_file,
+            tls_server_name=self.tls_server_name,
+            insecure=self.insecure,
+            interval=self.interval,
+            fast_interval=self.fast_interval,
+            timeout=self.timeout,
+            rise=self.rise,
+            fall=self.fall,
+        )
+
+
+class TcpCheck(_CheckTiming):
+    """Healthy while a TCP connection to host:port succeeds."""
+
+    type: Literal["tcp"]
+    host: str = "127.0.0.1"
+    """Host to connect to. Default loopback: the service on this host."""
+    port: int = Field(ge=1, le=65535)
+
+
+class ExecCheck(_CheckTiming):
+    """Run a command (no shell); healthy when it exits 0 within `timeout`."""
+
+    type: Literal["exec"]
+    command: tuple[str, ...] = Field(min_length=1)
+    """argv of the command, e.g. `["/usr/local/bin/check-db", "--quick"]`. No shell is used."""
+    interval: float = Field(default=1.0, gt=0, le=3600)
+    """Seconds between runs while steady. Default 1.0: starting a process costs milliseconds
+    of CPU, unlike a socket probe."""
+    fast_interval: float = Field(default=0.1, gt=0, le=3600)
+    """Seconds between runs while the state changes. Default 0.1."""
+    timeout: float = Field(default=2.0, gt=0, le=3600)
+    """Hard limit for one run; the process group is killed then. Default 2.0."""
+
+
+Check = Annotated[HttpCheck | KubeApiserverCheck | TcpCheck | ExecCheck, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- BGP
+
+
+class PeerConfig(_Model):
+    """One upstream BGP router."""
+
+    address: IPvAnyAddress
+    """The router's address."""
+    peer_as: _ASN
+    """The router's AS number."""
+    name: str | None = None
+    """Label used in logs and `bgpvip routes`. Default: the address."""
+    local_as: _ASN | None = None
+    """This host's AS towards this peer. Default: `bgp.local_as`."""
+    local_address: IPvAnyAddress | None = None
+    """This host's address on the session, used as next hop. Default: the source address the
+    kernel picks to reach `address` (resolved when the ExaBGP config is rendered)."""
+    hold_time: int = Field(default=9, ge=0, le=65535)
+    """BGP hold time in seconds (0 disables keepalives). Default 9: a dead host loses its
+    routes within 9 s even without BFD, and 9 is valid on Yamaha RTX (3..28800)."""
+    password_file: Path | None = None
+    """File holding the TCP MD5 password (first line). Kept out of the config so the config
+    can live in a ConfigMap or git."""
+    multihop_ttl: int | None = Field(default=None, ge=1, le=255)
+    """Outgoing TTL for a peer that is not directly connected. Default: unset (TTL 1 is not
+    forced; ExaBGP's default)."""
+    families: tuple[Literal["ipv4", "ipv6"], ...] = ("ipv4",)
+    """Address families on this session. Default IPv4 only: Yamaha RTX and most small routers
+    speak nothing else, and an unknown capability can make a router refuse the session."""
+    passive: bool = False
+    """Wait for the router to connect instead of connecting. Default false."""
+    graceful_restart: int | None = Field(default=None, ge=1, le=4095)
+    """Advertise graceful restart with this restart time. Default off: with it, the router keeps
+    routes of a stopped speaker for this long, which is the opposite of a fast withdrawal."""
+    port: int = Field(default=179, ge=1, le=65535)
+    """The router's BGP port."""
+
+    @field_validator("families")
+    @classmethod
+    def _families(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("needs at least one of ipv4, ipv6")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a family twice")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME_RE.match(v):
+            raise ValueError("must be 1-63 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.address)
+
+
+class BgpConfig(_Model):
+    local_as: _ASN
+    """This host's AS number. Use a 2-byte private ASN (64512-65534) towards Yamaha RTX."""
+    router_id: IPv4Address | None = None
+    """BGP router id. Default: the first peer's local address (must be IPv4 then)."""
+    peers: tuple[PeerConfig, ...] = Field(min_length=1)
+    """The upstream routers. Every VIP is announced to every peer of its family."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> BgpConfig:
+        problems: list[_FieldError] = []
+        seen: dict[Any, int] = {}
+        for i, p in enumerate(self.peers):
+            if p.address in seen:
+                problems.append(_FieldError(f"peers[{i}].address", f"duplicate of peers[{seen[p.address]}]"))
+                continue
+            seen[p.address] = i
+        _raise_all(problems)
+        return self
+
+
+# --------------------------------------------------------------------------- VIPs
+
+
+def _check_communities(v: tuple[str, ...]) -> tuple[str, ...]:
+    for c in v:
+        m = _COMMUNITY_RE.match(c)
+        if c in _WELL_KNOWN_COMMUNITIES:
+            continue
+        if not m or int(m[1]) > 65535 or int(m[2]) > 65535:
+            raise ValueError(f"{c!r} is not a community: use ASN:VALUE, both 0-65535, or no-export")
+    return v
+
+
+def _check_large_communities(v: tuple[str, ...]) -> tuple[str, ...]:
+    for c in v:
+        m = _LARGE_COMMUNITY_RE.match(c)
+        if not m or any(int(x) > 4_294_967_295 for x in m.groups()):
+            raise ValueError(f"{c!r} is not a large community: use A:B:C, each 0-4294967295")
+    return v
+
+
+class _RouteAttributes(_Model):
+    med: int | None = Field(default=None, ge=0, le=4_294_967_295)
+    """MULTI_EXIT_DISC; lower is preferred. Default: unset (or derived from `priority`)."""
+    local_preference: int | None = Field(default=None, ge=0, le=4_294_967_295)
+    """LOCAL_PREF, only meaningful towards iBGP peers. Default unset."""
+    communities: tuple[str, ...] = ()
+    """Standard communities, `ASN:VALUE` or `no-export`."""
+    large_communities: tuple[str, ...] = ()
+    """Large communities, `A:B:C`."""
+    as_path_prepend: int = Field(default=0, ge=0, le=16)
+    """Prepend this host's AS this many times. Default 0."""
+
+    _v_comm = field_validator("communities")(classmethod(lambda cls, v: _check_communities(v)))
+    _v_large = field_validator("large_communities")(classmethod(lambda cls, v: _check_large_communities(v)))
+
+
+class VipConfig(_RouteAttributes):
+    """One address this host announces while its checks pass."""
+
+    address: IPvAnyAddress
+    """The VIP: announced as a /32 (IPv4) or /128 (IPv6)."""
+    name: str | None = None
+    """Label used in logs, metrics and `bgpvip routes`. Default: the address."""
+    interface: str | None = "lo"
+    """Interface that gets the address (labelled `<interface>:bgpvip` for IPv4) before it is
+    announced. Default `lo`, so the host accepts traffic for it without answering ARP.
+    `null` leaves addresses alone (something else manages them)."""
+    checks: tuple[Check, ...] = ()
+    """Health checks. None: the VIP is announced whenever the speaker runs."""
+    require: Literal["all", "any"] = "all"
+    """`all`: every check must be UP; `any`: one is enough. Default all."""
+    priority: int | None = Field(default=None, ge=1, le=254)
+    """keepalived-style priority, higher wins. Overrides the top-level `priority` for this VIP."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME_RE.match(v):
+            raise ValueError("must be 1-63 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("interface")
+    @classmethod
+    def _ifname(cls, v: str | None) -> str | None:
+        if v is not None and not _IFNAME_RE.match(v):
+            raise ValueError("is not a Linux interface name (1-15 characters, no spaces or '/')")
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
+        if v.is_unspecified or v.is_multicast or v.is_loopback or v.is_link_local:
+            raise ValueError(f"{v} cannot be a VIP (unspecified, multicast, loopback or link-local)")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.address)
+
+
+_LABEL_KEY_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def _check_labels(v: dict[str, str]) -> dict[str, str]:
+    for k, val in v.items():
+        if not _LABEL_KEY_RE.match(k):
+            raise ValueError(f"{k!r} is not a Kubernetes label key")
+        if not _LABEL_VALUE_RE.match(val):
+            raise ValueError(f"{val!r} (for {k!r}) is not a Kubernetes label value")
+    return v
+
+
+AddressRange = tuple[IPv4Address, IPv4Address] | tuple[IPv6Address, IPv6Address]
+
+
+def parse_address_block(text: str) -> AddressRange:
+    """`203.0.113.0/24`, `203.0.113.10-203.0.113.20` or a single address -> (first, last)."""
+    text = text.strip()
+    if "-" in text:
+        lo_s, hi_s = (t.strip() for t in text.split("-", 1))
+        try:
+            lo, hi = ip_address(lo_s), ip_address(hi_s)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a range: use FIRST-LAST, e.g. 203.0.113.10-203.0.113.20"
+            ) from None
+        if lo.version != hi.version:
+            raise ValueError(f"{text!r} mixes IPv4 and IPv6")
+        if int(hi) < int(lo):
+            raise ValueError(f"{text!r} ends before it starts")
+        return (lo, hi)  # type: ignore[return-value]
+    try:
+        net = ip_network(text, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{text!r} is not a CIDR or range ({e})") from None
+    return (net[0], net[-1])  # type: ignore[return-value]
+
+
+class PoolConfig(_RouteAttributes):
+    """An address pool: LoadBalancer IPs are allocated from it and only its addresses are ever
+    announced for Services."""
+
+    name: str
+    """Pool name, used in the `bgpvip.io/pool` annotation, Events and metrics."""
+    addresses: tuple[str, ...] = Field(min_length=1)
+    """CIDRs (`203.0.113.0/24`), ranges (`203.0.113.10-203.0.113.20`) or single addresses,
+    IPv4 and IPv6. Network and broadcast addresses of a CIDR are usable: they are /32 routes."""
+    auto_assign: bool = True
+    """Allocate from this pool when a Service names no pool. Default true; set false for a
+    pool that only serves explicit requests (`bgpvip.io/pool` or a requested address)."""
+    allow_external_ips: bool = False
+    """Also announce `spec.externalIPs` that lie in this pool. Default false: any user who can
+    create a Service could otherwise attract traffic for an address (CVE-2020-8554)."""
+    namespaces: tuple[str, ...] = ()
+    """Only Services in these namespaces may use the pool. Default: every namespace."""
+    service_selector: dict[str, str] = Field(default_factory=dict)
+    """Only Services with all these labels may use the pool. Default: every Service."""
+
+    _v_sel = field_validator("service_selector")(classmethod(lambda cls, v: _check_labels(v)))
+
+    @field_validator("name")
+    @classmethod
+    def _pname(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("must be 1-63 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("addresses")
+    @classmethod
+    def _blocks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        problems: list[_FieldError] = []
+        for i, block in enumerate(v):
+            try:
+                parse_address_block(block)
+            except ValueError as e:
+                problems.append(_FieldError(f"[{i}]", str(e)))
+        _raise_all(problems)
+        return v
+
+    @property
+    def ranges(self) -> tuple[AddressRange, ...]:
+        return tuple(parse_address_block(b) for b in self.addresses)
+
+    def contains(self, address: IPv4Address | IPv6Address) -> bool:
+        return any(
+            lo.version == address.version and int(lo) <= int(address) <= int(hi) for lo, hi in self.ranges
+        )
+
+
+class KubernetesConfig(_Model):
+    """Service IPs from the Kubernetes API (the DaemonSet speaker and the controller)."""
+
+    enabled: bool = False
+    """Watch Services, EndpointSlices and this Node. Default false: the control-plane VIP mode
+    needs no credentials at all."""
+    kubeconfig: Path | None = None
+    """kubeconfig file. Default: the in-cluster ServiceAccount."""
+    load_balancer_class: str = "bgpvip.io/bgp"
+    """Handle Services whose `spec.loadBalancerClass` is this."""
+    include_unclassed: bool = False
+    """Also handle LoadBalancer Services without a class. Default false, so bgpvip can run
+    next to another load-balancer implementation."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Announce Service IPs only from nodes with these labels. Default: every node."""
+    watch_timeout: float = Field(default=300.0, gt=0, le=86400)
+    """A watch that delivers nothing (not even a bookmark) for this long is restarted."""
+
+    _v_sel = field_validator("node_selector")(classmethod(lambda cls, v: _check_labels(v)))
+
+
+class StatusConfig(_Model):
+    enabled: bool = True
+    """Serve `/status`, `/metrics` and `/healthz`."""
+    listen: IPvAnyAddress = IPv4Address("127.0.0.1")
+    """Address to bind. Default loopback: the endpoint is unauthenticated."""
+    port: int = Field(default=9474, ge=1, le=65535)
+    """TCP port. Default 9474."""
+
+
+class ExabgpConfig(_Model):
+    reactor_speed: float = Field(default=0.1, gt=0, le=5)
+    """ExaBGP's `exabgp.reactor.speed` (seconds its loop may sleep). Default 0.1 instead of
+    ExaBGP's 1.0: measured 10,000 routes in 3.2 s instead of 4.7 s at the same CPU."""
+    executable: str = "exabgp"
+    """ExaBGP command `bgpvip run` starts (looked up in PATH, then next to bgpvip)."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """ExaBGP's log level."""
+
+
+class Config(_Model):
+    """The whole bgpvip configuration file."""
+
+    node_name: str | None = None
+    """This host's name in logs, metrics and Events. Default: the hostname."""
+    bgp: BgpConfig
+    vips: tuple[VipConfig, ...] = ()
+    priority: int | None = Field(default=None, ge=1, le=254)
+    """keepalived-style priority of this host (1-254, higher wins) for routers without ECMP,
+    such as Yamaha RTX. Default unset: all healthy hosts announce equally (ECMP)."""
+    priority_attribute: Literal["med", "as-path"] = "med"
+    """How priority reaches the router: `med` sets MED = 255 - priority (lower MED wins, so
+    higher priority wins); `as-path` prepends the local AS (254 - priority) times, at most
+    10, for routers that do not compare MED between your hosts. Default med."""
+    drain_file: Path = Path("/var/lib/bgpvip/drain")
+    """While this file exists every route is withdrawn (`bgpvip drain` creates it). Default
+    under /var/lib so a drain survives a reboot during maintenance."""
+    runtime_dir: Path = Path("/run/bgpvip")
+    """Rendered ExaBGP config, pid and stop markers. Default /run/bgpvip (tmpfs)."""
+    shutdown_delay: float = Field(default=2.0, ge=0, le=600)
+    """Seconds between withdrawing everything and removing addresses on SIGTERM: routers must
+    converge before the host stops answering on the VIP. Default 2.0."""
+    resync_interval: float = Field(default=30.0, gt=0, le=86400)
+    """Seconds between full re-assertions of routes and addresses, in case something outside
+    bgpvip changed them. Default 30: re-announcing an identical route sends nothing on the wire."""
+    pools: tuple[PoolConfig, ...] = ()
+    """Address pools for Service IPs (Kubernetes mode and the controller)."""
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+    exabgp: ExabgpConfig = Field(default_factory=ExabgpConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+
+    @field_validator("node_name")
+    @classmethod
+    def _node(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", v):
+            raise ValueError("must be a DNS-1123 name (lowercase letters, digits, '-', '.')")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        problems: list[_FieldError] = []
+        seen: dict[Any, int] = {}
+        names: dict[str, int] = {}
+        families = {f for p in self.bgp.peers for f in p.families}
+        for i, v in enumerate(self.vips):
+            if v.address in seen:
+                problems.append(_FieldError(f"vips[{i}].address", f"duplicate of vips[{seen[v.address]}]"))
+                continue
+            seen[v.address] = i
+            if v.label in names:
+                problems.append(_FieldError(f"vips[{i}].name", f"duplicate of vips[{names[v.label]}]"))
+            names.setdefault(v.label, i)
+            fam = "ipv4" if v.address.version == 4 else "ipv6"
+            if fam not in families:
+                problems.append(
+                    _FieldError(
+                        f"vips[{i}].address", f"is {fam} but no peer carries {fam} (bgp.peers[*].families)"
+                    )
+                )
+        pool_names: dict[str, int] = {}
+        spans: list[tuple[int, int, int, int, int]] = []  # version, lo, hi, pool, block
+        for i, pool in enumerate(self.pools):
+            if pool.name in pool_names:
+                problems.append(
+                    _FieldError(f"pools[{i}].name", f"duplicate of pools[{pool_names[pool.name]}]")
+                )
+            pool_names.setdefault(pool.name, i)
+            for j, (lo, hi) in enumerate(pool.ranges):
+                overlap = next(
+                    (
+                        (oi, oj)
+                        for ver, olo, ohi, oi, oj in spans
+                        if ver == lo.version and int(lo) <= ohi and olo <= int(hi)
+                    ),
+                    None,
+                )
+                if overlap is not None:
+                    problems.append(
+                        _FieldError(
+                            f"pools[{i}].addresses[{j}]",
+                            f"overlaps pools[{overlap[0]}].addresses[{overlap[1]}]",
+                        )
+                    )
+                spans.append((lo.version, int(lo), int(hi), i, j))
+                fam = "ipv4" if lo.version == 4 else "ipv6"
+                if fam not in families:
+                    problems.append(
+                        _FieldError(
+                            f"pools[{i}].addresses[{j}]",
+                            f"is {fam} but no peer carries {fam} (bgp.peers[*].families)",
+                        )
+                    )
+        for i, v in enumerate(self.vips):
+            for pool in self.pools:
+                if pool.contains(v.address):
+                    problems.append(
+                        _FieldError(
+                            f"vips[{i}].address",
+                            f"lies in pool {pool.name!r}; VIPs and pools must not overlap",
+                        )
+                    )
+        if self.bgp.router_id is None:
+            first = self.bgp.peers[0].local_address
+            if first is not None and first.version != 4:
+                problems.append(
+                    _FieldError("bgp.router_id", "must be set when the first peer's local_address is IPv6")
+                )
+        _raise_all(problems)
+        return self
+
+
+class _FieldError(ValueError):
+    """Raised inside validators to point at a nested field path."""
+
+    def __init__(self, path: str, msg: str):
+        self.path = path
+        self.msg = msg
+        super().__init__(f"{path}: {msg}")
+
+
+class _FieldErrors(ValueError):
+    """Several `_FieldError`s from one validator, so that all of them are reported at once."""
+
+    def __init__(self, errors: list[_FieldError]):
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+def _raise_all(problems: list[_FieldError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise _FieldErrors(problems)
+
+
+# --------------------------------------------------------------------------- loading
+
+_DISCRIMINATORS = {"http", "kube-apiserver", "tcp", "exec"}
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for n, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif (part in _DISCRIMINATORS and n >= 2 and loc[n - 2] == "checks") or part.startswith("function-"):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if err["type"] == "extra_forbidden":
+        return "unknown field (check the spelling; see docs/configuration.md)"
+    ctx = err.get("ctx") or {}
+    bounds = {
+        "greater_than": ("gt", ">"),
+        "greater_than_equal": ("ge", ">="),
+        "less_than": ("lt", "<"),
+        "less_than_equal": ("le", "<="),
+    }
+    if err["type"] in bounds:
+        key, op = bounds[err["type"]]
+        return f"must be {op} {ctx.get(key)} (got {err.get('input')!r})"
+    if err["type"] == "missing":
+        return "is required"
+    if err["type"] == "union_tag_invalid":
+        return f"unknown check type {ctx.get('tag')!r}: use one of http, kube-apiserver, tcp, exec"
+    if err["type"] == "union_tag_not_found":
+        return "needs a `type`: one of http, kube-apiserver, tcp, exec"
+    return msg
+
+
+def load(data: Any) -> Config:
+    """Validate a parsed config document. Raises ConfigError naming every bad field."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([("", f"the config must be a mapping, not {type(data).__name__}")])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems: list[tuple[str, str, str]] = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            if err["type"] == "invalid_key":
+                path, msg = _format_loc(loc[:-1]), f"key {loc[-1]!r} must be a string"
+            else:
+                path, msg = _format_loc(loc), _message(err)
+            ctx = err.get("ctx") or {}
+            inner = ctx.get("error")
+            inners = inner.errors if isinstance(inner, _FieldErrors) else [inner]
+            for sub in inners:
+                sub_path, sub_msg = path, msg
+                if isinstance(sub, _FieldError):
+                    sep = "" if sub.path.startswith("[") or not path else "."
+                    sub_path, sub_msg = f"{path}{sep}{sub.path}", sub.msg
+                problems.append((sub_path, sub_msg, err["type"]))
+        # pydantic also reports a too-short list when its only items were invalid: noise
+        paths = [p for p, _, _ in problems]
+        kept = [
+            (p, m)
+            for p, m, t in problems
+            if not (t == "too_short" and any(o != p and o.startswith(p + "[") for o in paths))
+        ]
+        raise ConfigError(kept) from None
+
+
+# --------------------------------------------------------------------------- derived values
+
+
+@dataclass(frozen=True, slots=True)
+class CheckKey:
+    """Identifies one check of one VIP across reloads: (vip label, index)."""
+
+    vip: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.vip}/checks[{self.index}]"
+
+
+def effective_priority(config: Config, vip: VipConfig) -> int | None:
+    return vip.priority if vip.priority is not None else config.priority
+
+
+def host_prefix(vip: VipConfig) -> IPv4Network | IPv6Network:
+    return ip_network(f"{vip.address}/{vip.address.max_prefixlen}")

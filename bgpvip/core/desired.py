@@ -1,0 +1,142 @@
+"""compute(): from configuration, health and node state to the routes and addresses wanted now.
+
+Pure side of the line. Every configured VIP (and every Service IP handed in) gets a Decision
+with a reason, whether it is announced or not; `bgpvip routes` prints exactly these.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from bgpvip.core.config import CheckKey, Config, VipConfig, effective_priority, host_prefix
+from bgpvip.core.health import Health, State, combine
+from bgpvip.core.health import initial as initial_health
+from bgpvip.core.model import Attributes, Decision, Desired, IPInterface, IPNetwork, Reason, Route
+
+MAX_PRIORITY_PREPENDS = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeState:
+    """Local operator state that overrides health."""
+
+    drained: bool = False
+    """The drain file exists: withdraw every route, keep running."""
+    stopping: bool = False
+    """SIGTERM received: withdraw every route before exiting."""
+
+
+def vip_attributes(config: Config, vip: VipConfig, local_as: int) -> Attributes:
+    """BGP attributes of a VIP's route, including the node priority (MED or AS-path prepend)."""
+    med = vip.med
+    prepend = vip.as_path_prepend
+    priority = effective_priority(config, vip)
+    if priority is not None:
+        if config.priority_attribute == "med":
+            if med is None:
+                med = 255 - priority
+        else:
+            prepend += min(MAX_PRIORITY_PREPENDS, 254 - priority)
+    return Attributes(
+        med=med,
+        local_preference=vip.local_preference,
+        communities=tuple(vip.communities),
+        large_communities=tuple(vip.large_communities),
+        as_path=(local_as,) * prepend,
+    )
+
+
+def vip_route(config: Config, vip: VipConfig) -> Route:
+    return Route(prefix=host_prefix(vip), attributes=vip_attributes(config, vip, config.bgp.local_as))
+
+
+def vip_interface_address(vip: VipConfig) -> IPInterface:
+    return ipaddress.ip_interface(f"{vip.address}/{vip.address.max_prefixlen}")
+
+
+def check_keys(vip: VipConfig) -> tuple[CheckKey, ...]:
+    return tuple(CheckKey(vip.label, i) for i in range(len(vip.checks)))
+
+
+def _describe_failure(vip: VipConfig, healths: Mapping[CheckKey, Health]) -> tuple[Reason, str]:
+    failing: list[str] = []
+    pending: list[str] = []
+    for key, check in zip(check_keys(vip), vip.checks, strict=True):
+        h = healths.get(key, initial_health())
+        name = f"checks[{key.index}] ({check.type})"
+        if h.state == State.DOWN:
+            last = h.last_failure.detail if h.last_failure else "failed"
+            failing.append(f"{name}: {last}")
+        elif h.state in (State.INIT, State.RISING):
+            pending.append(f"{name}: {h.count}/{check.rise} successes")
+    if failing:
+        return Reason.CHECK_FAILING, "; ".join(failing)
+    return Reason.CHECK_PENDING, "; ".join(pending) or "waiting for checks"
+
+
+def decide_vip(
+    config: Config, vip: VipConfig, healths: Mapping[CheckKey, Health], node: NodeState
+) -> Decision:
+    def decision(announce: bool, reason: Reason, detail: str) -> Decision:
+        return Decision(
+            address=vip.address,
+            announce=announce,
+            reason=reason,
+            detail=detail,
+            source=f"vip/{vip.label}",
+            route=vip_route(config, vip),
+            interface=vip.interface,
+        )
+
+    if node.stopping:
+        return decision(False, Reason.STOPPING, "shutting down")
+    vip_healths = [healths.get(k, initial_health()) for k in check_keys(vip)]
+    healthy = combine(vip_healths, vip.require)
+    if healthy and node.drained:
+        return decision(False, Reason.DRAINED, f"drain file {config.drain_file} exists")
+    if healthy:
+        ups = sum(h.up for h in vip_healths)
+        return decision(
+            True, Reason.HEALTHY, f"{ups}/{len(vip_healths)} checks up" if vip_healths else "no checks"
+        )
+    reason, detail = _describe_failure(vip, healths)
+    return decision(False, reason, f"drained; {detail}" if node.drained else detail)
+
+
+def _overridden(d: Decision, reason: Reason, detail: str) -> Decision:
+    return replace(d, announce=False, reason=reason, detail=detail)
+
+
+def compute(
+    config: Config,
+    healths: Mapping[CheckKey, Health],
+    node: NodeState,
+    service_decisions: Iterable[Decision] = (),
+) -> Desired:
+    """The full desired state. Deterministic: the same inputs in any order give the same result."""
+    decisions: list[Decision] = [decide_vip(config, vip, healths, node) for vip in config.vips]
+    for d in service_decisions:
+        if node.stopping and d.announce:
+            d = _overridden(d, Reason.STOPPING, "shutting down")
+        elif node.drained and d.announce:
+            d = _overridden(d, Reason.DRAINED, f"drain file {config.drain_file} exists")
+        decisions.append(d)
+    # One route per prefix, whatever the inputs say; on a conflict the choice is stable.
+    by_prefix: dict[IPNetwork, Route] = {}
+    for d in decisions:
+        if d.announce and d.route is not None:
+            current = by_prefix.get(d.route.prefix)
+            if current is None or repr(d.route) < repr(current):
+                by_prefix[d.route.prefix] = d.route
+    routes = frozenset(by_prefix.values())
+    addresses: set[tuple[str, IPInterface]] = set()
+    for vip, d in zip(config.vips, decisions, strict=False):
+        # The address stays while the VIP is healthy, drained or not: a drain moves new
+        # connections away but lets established ones finish on this host.
+        keep = d.announce or d.reason == Reason.DRAINED
+        if keep and vip.interface is not None:
+            addresses.add((vip.interface, vip_interface_address(vip)))
+    decisions.sort(key=lambda d: (d.address.version, int(d.address), d.source))
+    return Desired(routes=routes, addresses=frozenset(addresses), decisions=tuple(decisions))

@@ -1,0 +1,157 @@
+"""Values the core computes with: routes, decisions, actions, probe results.
+
+Pure side of the line: frozen dataclasses only. Nothing here performs I/O or imports an
+adapter; adapters translate their raw input into these values at the boundary.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+IPInterface = IPv4Interface | IPv6Interface
+
+
+def host_network(address: IPAddress | str) -> IPNetwork:
+    """The /32 (IPv4) or /128 (IPv6) host route for an address."""
+    addr = ipaddress.ip_address(address)
+    return ipaddress.ip_network(f"{addr}/{addr.max_prefixlen}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attributes:
+    """BGP path attributes of an announcement. Hashable, so routes can be grouped by them."""
+
+    med: int | None = None
+    local_preference: int | None = None
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = ()
+    as_path: tuple[int, ...] = ()
+    """AS numbers prepended to the path (ExaBGP `as-path [...]`); empty means none."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """One host route bgpvip announces. Only /32 and /128 exist; checked here."""
+
+    prefix: IPNetwork
+    attributes: Attributes = field(default_factory=Attributes)
+    next_hop: str = "self"
+
+    def __post_init__(self) -> None:
+        if self.prefix.prefixlen != self.prefix.max_prefixlen:
+            raise ValueError(f"bgpvip only announces host routes, not {self.prefix}")
+
+    @property
+    def family(self) -> int:
+        return self.prefix.version
+
+
+class Reason(enum.StrEnum):
+    """Why a VIP or Service IP is announced, or why it is not."""
+
+    HEALTHY = "healthy"
+    CHECK_FAILING = "checkFailing"
+    CHECK_PENDING = "checkPending"
+    KEPT_FROM_PREVIOUS = "keptFromPrevious"
+    DRAINED = "drained"
+    STOPPING = "stopping"
+    NO_CHECKS_DISABLED = "checksDisabled"
+    FAMILY_NOT_PEERED = "familyNotPeered"
+    # Service IPs (Kubernetes)
+    NOT_IN_POOL = "notInPool"
+    NO_LOCAL_ENDPOINTS = "noLocalEndpoints"
+    NO_READY_ENDPOINTS = "noReadyEndpoints"
+    NODE_NOT_READY = "nodeNotReady"
+    NODE_EXCLUDED = "nodeExcluded"
+    NODE_NOT_SELECTED = "nodeNotSelected"
+    NODE_DRAINED = "nodeDrained"
+    OTHER_CLASS = "otherLoadBalancerClass"
+    HAS_ENDPOINTS = "hasEndpoints"
+    POOL_NOT_ALLOWED = "poolNotAllowed"
+    EXTERNAL_IP_NOT_ALLOWED = "externalIPNotAllowed"
+    INVALID_ADDRESS = "invalidAddress"
+    NODE_UNKNOWN = "nodeUnknown"
+    KUBE_NOT_SYNCED = "kubeNotSynced"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """Whether one address is announced from this host, and why. What `bgpvip routes` prints."""
+
+    address: IPAddress
+    announce: bool
+    reason: Reason
+    detail: str = ""
+    """Human text for the reason, e.g. the last check error."""
+    source: str = ""
+    """Where the address comes from: `vip/<name>` or `service/<namespace>/<name>`."""
+    route: Route | None = None
+    """The route that is (or would be) announced; None when the address is refused outright."""
+    interface: str | None = None
+    """Interface that holds the address while announced; None when bgpvip does not manage it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Desired:
+    """What should be true on this host right now: routes, local addresses, and the reasons."""
+
+    routes: frozenset[Route] = frozenset()
+    addresses: frozenset[tuple[str, IPInterface]] = frozenset()
+    """(interface name, address/prefixlen) pairs bgpvip must hold."""
+    decisions: tuple[Decision, ...] = ()
+
+
+# Actions: what the reconcile loop asks the adapters to do, in order.
+
+
+@dataclass(frozen=True, slots=True)
+class AddAddress:
+    interface: str
+    address: IPInterface
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveAddress:
+    interface: str
+    address: IPInterface
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    routes: tuple[Route, ...]
+
+
+Action = AddAddress | RemoveAddress | Announce | Withdraw
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What the adapters have confirmed: routes ExaBGP acknowledged, addresses the kernel holds."""
+
+    routes: frozenset[Route] = frozenset()
+    addresses: frozenset[tuple[str, IPInterface]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResult:
+    """The outcome of one health probe. Probes produce these and never raise."""
+
+    ok: bool
+    detail: str = ""
+    """Short text: `HTTP 200`, `connection refused`, `timed out after 1.0s`, `exit 3: ...`."""
+    duration: float = 0.0
+    """Seconds the probe took."""
+    at: float = 0.0
+    """Monotonic clock reading when the probe finished."""
+    broken: bool = False
+    """True when the target was seen to die (connection reset/closed, refused): a hard failure."""

@@ -1,0 +1,642 @@
+"""Kubernetes Service IPs: which LoadBalancer IPs this node announces, and why (or why not).
+
+Pure side of the line. The Kubernetes adapter turns API objects into the small frozen views
+below and hands the reconcile loop `KubeEvent`s; the loop folds them into a `KubeState` with
+`KubeState.apply` and calls `decide_services`, which reads nothing but its arguments.
+
+Why `KubeState` is persistent rather than a mutable store: the loop's world is a value
+(`world = world.apply(event)`), so an old world must never change under a reader. Copying a
+10,000-entry dict per watch event would make a burst of N events cost O(N²), so the maps are
+split into `SHARDS` small dicts behind a tuple: an update copies one shard (about N/256
+entries) and the tuple of shards, and shares everything else with the previous state.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
+from typing import Generic, TypeVar
+
+from bgpvip.core.config import Config, PoolConfig
+from bgpvip.core.model import Attributes, Decision, IPAddress, Reason, Route, host_network
+
+Key = tuple[str, str]
+"""(namespace, name); cluster-scoped objects (Nodes) use an empty namespace."""
+
+LOAD_BALANCER = "LoadBalancer"
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+DRAIN_ANNOTATION = "bgpvip.io/drain"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MAX_PRIORITY_PREPENDS = 10
+_MAX_SHOWN = 80
+_UNSPECIFIED = IPv4Address(0)
+
+
+class KubeKind(enum.StrEnum):
+    """The three kinds of object the speaker watches."""
+
+    SERVICE = "Service"
+    ENDPOINT_SLICE = "EndpointSlice"
+    NODE = "Node"
+
+
+# --------------------------------------------------------------------------- views
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    """The fields of a Service that decide its announcements, and nothing else."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    type: str = ""
+    """`spec.type`; empty when missing, which never matches `LoadBalancer`."""
+    load_balancer_class: str | None = None
+    external_traffic_policy: str = "Cluster"
+    """`Local` or `Cluster` (the API's default); anything else is treated as `Cluster`."""
+    ingress_ips: tuple[str, ...] = ()
+    """`status.loadBalancer.ingress[].ip` exactly as the API gave them, unparsed, so a
+    malformed one is refused with a reason instead of vanishing at the boundary."""
+    external_ips: tuple[str, ...] = ()
+    """`spec.externalIPs`, unparsed for the same reason."""
+    ports: tuple[tuple[str, int], ...] = ()
+    """(protocol, port) pairs of `spec.ports`."""
+    selector_hash: int | None = None
+    """`selector_hash(spec.selector)`; None for a Service without a selector."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """All labels, sorted, for pools with a `service_selector`. Kept whole (keys and common
+    values interned by the adapter) so a config reload that adds a selector needs no relist."""
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @property
+    def source(self) -> str:
+        return f"service/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """One endpoint of an EndpointSlice. Conditions follow discovery/v1: a missing `ready`
+    means ready, a missing `serving` means the same as `ready`, a missing `terminating` false."""
+
+    node_name: str | None
+    ready: bool
+    serving: bool
+    terminating: bool
+
+    @property
+    def usable(self) -> bool:
+        """Traffic may be sent here: ready, or terminating but still serving."""
+        return self.ready or self.serving
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSliceView:
+    namespace: str
+    name: str
+    service_name: str
+    """The `kubernetes.io/service-name` label; empty for a slice that belongs to no Service."""
+    endpoints: tuple[EndpointView, ...] = ()
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @property
+    def service_key(self) -> Key:
+        return (self.namespace, self.service_name)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """This node as the API sees it. Only one Node is watched, so all labels are kept."""
+
+    name: str
+    ready: bool = False
+    """The Ready condition is `True`."""
+    ready_detail: str = ""
+    """Status and reason of the Ready condition when it is not True, for the decision text."""
+    labels: tuple[tuple[str, str], ...] = ()
+    drain: str | None = None
+    """Value of the `bgpvip.io/drain` annotation, if any."""
+
+    @property
+    def key(self) -> Key:
+        return ("", self.name)
+
+    @property
+    def drained(self) -> bool:
+        return self.drain is not None and self.drain.strip().lower() == "true"
+
+    @property
+    def excluded(self) -> bool:
+        return any(k == EXCLUDE_LABEL for k, _ in self.labels)
+
+
+View = ServiceView | EndpointSliceView | NodeView
+
+
+def view_kind(view: View) -> KubeKind:
+    if isinstance(view, ServiceView):
+        return KubeKind.SERVICE
+    if isinstance(view, EndpointSliceView):
+        return KubeKind.ENDPOINT_SLICE
+    return KubeKind.NODE
+
+
+def selector_hash(selector: Mapping[str, str]) -> int | None:
+    """A process-independent hash of a label selector (crc32 of the sorted pairs)."""
+    if not selector:
+        return None
+    text = "\0".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class KubeSynced:
+    """A complete, successful list of one kind: the loop replaces that kind wholesale.
+
+    The only event that can make objects disappear in bulk, and it is only sent after the API
+    answered a list. An unreachable API produces `KubeUnavailable`, never an empty `KubeSynced`."""
+
+    kind: KubeKind
+    snapshot: tuple[View, ...]
+    resource_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KubeUpsert:
+    """An object was added or modified (watch ADDED/MODIFIED)."""
+
+    view: View
+
+    @property
+    def kind(self) -> KubeKind:
+        return view_kind(self.view)
+
+
+@dataclass(frozen=True, slots=True)
+class KubeDelete:
+    """An object was deleted (watch DELETED)."""
+
+    kind: KubeKind
+    key: Key
+
+
+@dataclass(frozen=True, slots=True)
+class KubeUnavailable:
+    """The API could not be reached for this kind. Keep everything as it is (fail static);
+    a `KubeSynced` follows when the API answers again."""
+
+    kind: KubeKind
+    error: str
+
+
+KubeEvent = KubeSynced | KubeUpsert | KubeDelete | KubeUnavailable
+
+
+# --------------------------------------------------------------------------- persistent map
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+SHARDS = 256
+_EMPTY: dict[object, object] = {}
+
+
+class ShardedMap(Mapping[K, V], Generic[K, V]):
+    """An immutable mapping whose `set`/`delete` copy one of `SHARDS` dicts and share the rest.
+
+    The shards are never mutated after construction; every empty shard is the same empty dict.
+    """
+
+    __slots__ = ("_len", "_shards")
+
+    def __init__(self, shards: tuple[dict[K, V], ...] | None = None, length: int = 0) -> None:
+        empty: dict[K, V] = _EMPTY  # type: ignore[assignment]
+        self._shards: tuple[dict[K, V], ...] = shards if shards is not None else (empty,) * SHARDS
+        self._len = length
+
+    @classmethod
+    def from_items(cls, items: Iterable[tuple[K, V]]) -> ShardedMap[K, V]:
+        shards: list[dict[K, V]] = [{} for _ in range(SHARDS)]
+        for k, v in items:
+            shards[hash(k) % SHARDS][k] = v
+        empty: dict[K, V] = _EMPTY  # type: ignore[assignment]
+        return cls(tuple(s or empty for s in shards), sum(len(s) for s in shards))
+
+    def __getitem__(self, key: K) -> V:
+        return self._shards[hash(key) % SHARDS][key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._shards[hash(key) % SHARDS]
+
+    def __iter__(self) -> Iterator[K]:
+        for shard in self._shards:
+            yield from shard
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self) -> str:
+        return f"ShardedMap({len(self)} items)"
+
+    def set(self, key: K, value: V) -> ShardedMap[K, V]:
+        i = hash(key) % SHARDS
+        old = self._shards[i]
+        if key in old and old[key] is value:
+            return self
+        new = dict(old)
+        new[key] = value
+        length = self._len + (0 if key in old else 1)
+        return ShardedMap((*self._shards[:i], new, *self._shards[i + 1 :]), length)
+
+    def delete(self, key: K) -> ShardedMap[K, V]:
+        i = hash(key) % SHARDS
+        old = self._shards[i]
+        if key not in old:
+            return self
+        new = dict(old)
+        del new[key]
+        shard: dict[K, V] = new or _EMPTY  # type: ignore[assignment]
+        return ShardedMap((*self._shards[:i], shard, *self._shards[i + 1 :]), self._len - 1)
+
+
+# --------------------------------------------------------------------------- state
+
+
+def _empty_services() -> ShardedMap[Key, ServiceView]:
+    return ShardedMap()
+
+
+def _empty_slices() -> ShardedMap[Key, tuple[EndpointSliceView, ...]]:
+    return ShardedMap()
+
+
+def _empty_owners() -> ShardedMap[Key, Key]:
+    return ShardedMap()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KubeState:
+    """What the API told us, as of the last event. Unchanged by `KubeUnavailable` (fail static)."""
+
+    services: ShardedMap[Key, ServiceView] = field(default_factory=_empty_services)
+    slices: ShardedMap[Key, tuple[EndpointSliceView, ...]] = field(default_factory=_empty_slices)
+    """EndpointSlices grouped by the Service they belong to, each group sorted by slice name."""
+    slice_owner: ShardedMap[Key, Key] = field(default_factory=_empty_owners)
+    """Slice key → Service key, so a delete (which carries only the slice key) finds its group."""
+    node: NodeView | None = None
+    synced: frozenset[KubeKind] = frozenset()
+    """Kinds listed successfully at least once. Before that, absence means "not known yet"."""
+    unavailable: tuple[tuple[KubeKind, str], ...] = ()
+    """Kinds whose API is unreachable right now, with the last error (for status output)."""
+    version: int = 0
+    """Counts applied events, so the loop can skip recomputing when nothing changed."""
+
+    @property
+    def ready(self) -> bool:
+        """Every kind has been listed: decisions can rely on absence meaning absence."""
+        return len(self.synced) == len(KubeKind)
+
+    def apply(self, event: KubeEvent) -> KubeState:
+        if isinstance(event, KubeUnavailable):
+            others = tuple((k, e) for k, e in self.unavailable if k != event.kind)
+            return replace(self, unavailable=(*others, (event.kind, event.error)), version=self.version + 1)
+        if isinstance(event, KubeSynced):
+            return self._synced(event)
+        if isinstance(event, KubeUpsert):
+            return self._upsert(event.view)
+        return self._delete(event.kind, event.key)
+
+    def _synced(self, event: KubeSynced) -> KubeState:
+        state = replace(
+            self,
+            synced=self.synced | {event.kind},
+            unavailable=tuple((k, e) for k, e in self.unavailable if k != event.kind),
+            version=self.version + 1,
+        )
+        if event.kind is KubeKind.SERVICE:
+            services = ShardedMap.from_items((v.key, v) for v in event.snapshot if isinstance(v, ServiceView))
+            return replace(state, services=services)
+        if event.kind is KubeKind.ENDPOINT_SLICE:
+            groups: dict[Key, list[EndpointSliceView]] = {}
+            owners: list[tuple[Key, Key]] = []
+            for v in event.snapshot:
+                if isinstance(v, EndpointSliceView):
+                    groups.setdefault(v.service_key, []).append(v)
+                    owners.append((v.key, v.service_key))
+            slices = ShardedMap.from_items((k, _by_name(g)) for k, g in groups.items())
+            return replace(state, slices=slices, slice_owner=ShardedMap.from_items(owners))
+        nodes = [v for v in event.snapshot if isinstance(v, NodeView)]
+        return replace(state, node=nodes[0] if nodes else None)
+
+    def _upsert(self, view: View) -> KubeState:
+        version = self.version + 1
+        if isinstance(view, ServiceView):
+            return replace(self, services=self.services.set(view.key, view), version=version)
+        if isinstance(view, NodeView):
+            return replace(self, node=view, version=version)
+        slices, owners = self._without_slice(view.key)
+        group = _by_name([*slices.get(view.service_key, ()), view])
+        return replace(
+            self,
+            slices=slices.set(view.service_key, group),
+            slice_owner=owners.set(view.key, view.service_key),
+            version=version,
+        )
+
+    def _delete(self, kind: KubeKind, key: Key) -> KubeState:
+        version = self.version + 1
+        if kind is KubeKind.SERVICE:
+            return replace(self, services=self.services.delete(key), version=version)
+        if kind is KubeKind.NODE:
+            node = None if self.node is not None and self.node.key == key else self.node
+            return replace(self, node=node, version=version)
+        slices, owners = self._without_slice(key)
+        return replace(self, slices=slices, slice_owner=owners, version=version)
+
+    def _without_slice(
+        self, key: Key
+    ) -> tuple[ShardedMap[Key, tuple[EndpointSliceView, ...]], ShardedMap[Key, Key]]:
+        owner = self.slice_owner.get(key)
+        if owner is None:
+            return self.slices, self.slice_owner
+        group = tuple(s for s in self.slices.get(owner, ()) if s.key != key)
+        slices = self.slices.set(owner, group) if group else self.slices.delete(owner)
+        return slices, self.slice_owner.delete(key)
+
+
+def _by_name(group: Iterable[EndpointSliceView]) -> tuple[EndpointSliceView, ...]:
+    return tuple(sorted(group, key=lambda s: s.name))
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True, slots=True)
+class _Pools:
+    """Pool address blocks as integers, parsed once per decision run instead of once per IP."""
+
+    blocks: tuple[tuple[int, int, int, int], ...]
+    """(ip version, first, last, pool index)"""
+    pools: tuple[PoolConfig, ...]
+    attributes: tuple[Attributes, ...]
+
+    def find(self, address: IPAddress) -> int | None:
+        n = int(address)
+        for version, lo, hi, index in self.blocks:
+            if version == address.version and lo <= n <= hi:
+                return index
+        return None
+
+
+def pool_attributes(config: Config, pool: PoolConfig) -> Attributes:
+    """BGP attributes of a pool's routes, with this host's `priority` applied as for VIPs
+    (MED or AS-path prepend) so a router without ECMP still picks one node deterministically."""
+    med = pool.med
+    prepend = pool.as_path_prepend
+    if config.priority is not None:
+        if config.priority_attribute == "med":
+            if med is None:
+                med = 255 - config.priority
+        else:
+            prepend += min(MAX_PRIORITY_PREPENDS, 254 - config.priority)
+    return Attributes(
+        med=med,
+        local_preference=pool.local_preference,
+        communities=tuple(pool.communities),
+        large_communities=tuple(pool.large_communities),
+        as_path=(config.bgp.local_as,) * prepend,
+    )
+
+
+def _pools(config: Config) -> _Pools:
+    blocks = tuple(
+        (lo.version, int(lo), int(hi), i) for i, pool in enumerate(config.pools) for lo, hi in pool.ranges
+    )
+    return _Pools(blocks, config.pools, tuple(pool_attributes(config, p) for p in config.pools))
+
+
+def _shown(text: str) -> str:
+    """A hostile string made safe and short for a decision's detail."""
+    r = repr(text)
+    return r if len(r) <= _MAX_SHOWN else r[: _MAX_SHOWN - 4] + "...'"
+
+
+def _parse(text: str) -> tuple[IPAddress | None, str]:
+    """The address, or None and why not. Scoped and special-purpose addresses are refused."""
+    if not isinstance(text, str) or len(text) > 45 or "%" in text:
+        return None, "is not an IP address"
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None, "is not an IP address"
+    if addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.is_link_local:
+        return None, "is an unspecified, loopback, multicast or link-local address"
+    return addr, ""
+
+
+def _labels_match(labels: tuple[tuple[str, str], ...], selector: Mapping[str, str]) -> bool:
+    if not selector:
+        return True
+    have = dict(labels)
+    return all(have.get(k) == v for k, v in selector.items())
+
+
+def _selector_text(selector: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+def _node_verdict(config: Config, kube: KubeState, node_name: str) -> tuple[Reason | None, str]:
+    """None when this node may announce Service IPs, else the reason it may not."""
+    node = kube.node
+    if node is None or node.name != node_name:
+        if KubeKind.NODE not in kube.synced:
+            return Reason.KUBE_NOT_SYNCED, f"node {node_name} not listed from the API yet"
+        return Reason.NODE_UNKNOWN, f"node {node_name} is not known to the API (check node_name)"
+    if not node.ready:
+        return Reason.NODE_NOT_READY, f"node {node_name} is not Ready ({node.ready_detail or 'no condition'})"
+    selector = config.kubernetes.node_selector
+    if not _labels_match(node.labels, selector):
+        return (
+            Reason.NODE_NOT_SELECTED,
+            f"node {node_name} lacks labels {_selector_text(selector)} (kubernetes.node_selector)",
+        )
+    if node.excluded:
+        return Reason.NODE_EXCLUDED, f"node {node_name} has label {EXCLUDE_LABEL}"
+    if node.drained:
+        return Reason.NODE_DRAINED, f"node {node_name} is annotated {DRAIN_ANNOTATION}={node.drain}"
+    return None, ""
+
+
+def _endpoint_verdict(svc: ServiceView, kube: KubeState, node_name: str) -> tuple[Reason, str]:
+    if KubeKind.ENDPOINT_SLICE not in kube.synced:
+        return Reason.KUBE_NOT_SYNCED, "EndpointSlices not listed from the API yet"
+    group = kube.slices.get(svc.key, ())
+    usable = [e for s in group for e in s.endpoints if e.usable]
+    if svc.external_traffic_policy == "Local":
+        local = sum(1 for e in usable if e.node_name == node_name)
+        if local:
+            return Reason.HAS_ENDPOINTS, f"{local} ready or serving endpoint(s) on {node_name} (Local)"
+        return (
+            Reason.NO_LOCAL_ENDPOINTS,
+            f"externalTrafficPolicy Local and no ready or serving endpoint on {node_name}"
+            f" ({len(usable)} elsewhere)",
+        )
+    if usable:
+        return Reason.HAS_ENDPOINTS, f"{len(usable)} ready or serving endpoint(s) in the cluster (Cluster)"
+    return Reason.NO_READY_ENDPOINTS, f"no ready or serving endpoint in {len(group)} EndpointSlice(s)"
+
+
+def takes_service(config: Config, svc: ServiceView) -> bool:
+    """Whether this bgpvip handles the Service at all (type and loadBalancerClass)."""
+    if svc.type != LOAD_BALANCER:
+        return False
+    kc = config.kubernetes
+    if svc.load_balancer_class is None:
+        return kc.include_unclassed
+    return svc.load_balancer_class == kc.load_balancer_class
+
+
+def _candidates(svc: ServiceView) -> Iterator[tuple[str, str, bool]]:
+    """(raw address, where it came from, is it an externalIP), ingress first."""
+    for i, ip in enumerate(svc.ingress_ips):
+        yield ip, f"status.loadBalancer.ingress[{i}].ip", False
+    for i, ip in enumerate(svc.external_ips):
+        yield ip, f"spec.externalIPs[{i}]", True
+
+
+def decide_services(config: Config, kube: KubeState, node_name: str) -> tuple[Decision, ...]:
+    """A decision for every address of every Service this bgpvip handles, sorted by address.
+
+    Shared IPs: each Service sharing an address gets its own decision; the address is announced
+    while any of them qualifies (`service_routes`), with one route carrying the pool's attributes.
+    Nothing is decided before the first list of Services: absence would not yet mean absence.
+    """
+    if not config.kubernetes.enabled or KubeKind.SERVICE not in kube.synced:
+        return ()
+    run = _Run(config, kube, node_name)
+    out: list[Decision] = []
+    for svc in kube.services.values():
+        if takes_service(config, svc):
+            out.extend(run.service(svc))
+    return _shared(out)
+
+
+class _Run:
+    """What one `decide_services` call computes once and reuses for every Service."""
+
+    def __init__(self, config: Config, kube: KubeState, node_name: str) -> None:
+        self.kube = kube
+        self.node_name = node_name
+        self.pools = _pools(config)
+        self.families = {4 if f == "ipv4" else 6 for p in config.bgp.peers for f in p.families}
+        self.node_reason, self.node_detail = _node_verdict(config, kube, node_name)
+        self.routes: dict[IPAddress, Route] = {}
+
+    def service(self, svc: ServiceView) -> Iterator[Decision]:
+        seen: set[object] = set()
+        for raw, origin, external in _candidates(svc):
+            addr, why = _parse(raw)
+            if addr is None:
+                if raw not in seen:
+                    seen.add(raw)
+                    yield Decision(
+                        address=_UNSPECIFIED,
+                        announce=False,
+                        reason=Reason.INVALID_ADDRESS,
+                        detail=f"{origin} {_shown(raw)} {why}",
+                        source=svc.source,
+                    )
+            elif addr not in seen:
+                seen.add(addr)
+                yield self.address(svc, addr, origin, external)
+
+    def address(self, svc: ServiceView, addr: IPAddress, origin: str, external: bool) -> Decision:
+        def refuse(reason: Reason, detail: str) -> Decision:
+            return Decision(address=addr, announce=False, reason=reason, detail=detail, source=svc.source)
+
+        if addr.version not in self.families:
+            return refuse(Reason.FAMILY_NOT_PEERED, f"{origin} {addr}: no BGP peer carries ipv{addr.version}")
+        index = self.pools.find(addr)
+        if index is None:
+            return refuse(Reason.NOT_IN_POOL, f"{origin} {addr} lies in no configured pool")
+        pool = self.pools.pools[index]
+        if external and not pool.allow_external_ips:
+            return refuse(
+                Reason.EXTERNAL_IP_NOT_ALLOWED,
+                f"{origin} {addr} lies in pool {pool.name!r}, which does not set allow_external_ips",
+            )
+        if pool.namespaces and svc.namespace not in pool.namespaces:
+            return refuse(
+                Reason.POOL_NOT_ALLOWED,
+                f"{origin} {addr}: pool {pool.name!r} admits only namespaces {', '.join(pool.namespaces)}",
+            )
+        if not _labels_match(svc.labels, pool.service_selector):
+            selector = _selector_text(pool.service_selector)
+            return refuse(
+                Reason.POOL_NOT_ALLOWED,
+                f"{origin} {addr}: pool {pool.name!r} admits only Services labelled {selector}",
+            )
+        route = self.routes.get(addr)
+        if route is None:
+            route = self.routes[addr] = Route(
+                prefix=host_network(addr), attributes=self.pools.attributes[index]
+            )
+        if self.node_reason is not None:
+            reason, detail = self.node_reason, self.node_detail
+        else:
+            reason, detail = _endpoint_verdict(svc, self.kube, self.node_name)
+        return Decision(
+            address=addr,
+            announce=reason is Reason.HAS_ENDPOINTS,
+            reason=reason,
+            detail=f"{origin} {addr}: {detail}",
+            source=svc.source,
+            route=route,
+        )
+
+
+def _sort_key(d: Decision) -> tuple[int, int, str, str]:
+    return (d.address.version, int(d.address), d.source, d.detail)
+
+
+def _shared(decisions: list[Decision]) -> tuple[Decision, ...]:
+    """Sort, and note on a non-qualifying Service that its shared address is announced anyway."""
+    decisions.sort(key=_sort_key)
+    announcers: dict[IPAddress, list[str]] = {}
+    for d in decisions:
+        if d.announce:
+            announcers.setdefault(d.address, []).append(d.source)
+    if not announcers:
+        return tuple(decisions)
+    out: list[Decision] = []
+    for d in decisions:
+        others = announcers.get(d.address)
+        if others and not d.announce:
+            d = Decision(
+                address=d.address,
+                announce=False,
+                reason=d.reason,
+                detail=f"{d.detail}; shared address announced for {', '.join(others)}",
+                source=d.source,
+                route=d.route,
+            )
+        out.append(d)
+    return tuple(out)
+
+
+def service_routes(decisions: Iterable[Decision]) -> frozenset[Route]:
+    """The routes to announce: one per address that at least one Service qualifies for."""
+    return frozenset(d.route for d in decisions if d.announce and d.route is not None)
