@@ -1,0 +1,282 @@
+"""The `bgpvip` command line. Parses flags, builds objects, prints; decides nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bgpvip import __version__
+
+DEFAULT_CONFIG = "/etc/bgpvip/config.yaml"
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("BGPVIP_CONFIG", DEFAULT_CONFIG),
+    show_default=f"$BGPVIP_CONFIG or {DEFAULT_CONFIG}",
+    help="bgpvip configuration file (YAML).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="bgpvip")
+def main() -> None:
+    """Announce service addresses over BGP exactly while this host can serve them.
+
+    bgpvip runs as ExaBGP's API process: ExaBGP speaks BGP to your routers, bgpvip decides
+    which /32 and /128 routes to announce from health checks (and, in Kubernetes, from
+    Services and EndpointSlices), and puts each address on an interface before announcing it.
+
+    \b
+    Typical use:
+      bgpvip check-config -c /etc/bgpvip/config.yaml   validate, print OK or the errors
+      bgpvip run -c /etc/bgpvip/config.yaml            start ExaBGP with bgpvip as its speaker
+      bgpvip routes                                    what is announced from here, and why
+      bgpvip drain / bgpvip undrain                    withdraw everything / announce again
+
+    Docs: docs/ in the source tree (configuration reference, guides for kubeadm, FRR and Yamaha RTX).
+    """
+
+
+@main.command("check-config")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@config_option
+@click.option("--no-files", is_flag=True, help="Do not check that referenced files (CA, passwords) exist.")
+def check_config(file: Path | None, config_path: Path, no_files: bool) -> None:
+    """Validate a configuration file: print OK, or every error with the field it concerns.
+
+    Exits 0 when the file is valid and 1 otherwise. Run it before starting ExaBGP
+    (systemd ExecStartPre=, an init container): ExaBGP gives up on a helper that dies
+    five times in about a minute.
+    """
+    from bgpvip.configfile import load_file
+    from bgpvip.core.config import ConfigError
+
+    path = file or config_path
+    try:
+        cfg = load_file(path, check_files=not no_files)
+    except ConfigError as e:
+        click.echo(f"{path}: invalid", err=True)
+        for field, msg in e.problems:
+            click.echo(f"  {field}: {msg}" if field else f"  {msg}", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: OK ({len(cfg.vips)} VIPs, {len(cfg.bgp.peers)} peers, {len(cfg.pools)} pools)")
+
+
+@main.command("exabgp-config")
+@config_option
+@click.option(
+    "--speaker-command",
+    help="Override the API process command ExaBGP runs (default: this bgpvip's `speaker`).",
+)
+def exabgp_config(config_path: Path, speaker_command: str | None) -> None:
+    """Print the complete ExaBGP configuration bgpvip would run with.
+
+    Peers get explicit local-address, hold-time, address families and MD5 passwords (read
+    from their files); the process section runs `bgpvip speaker` with the same config.
+    """
+    import shlex
+
+    from bgpvip.configfile import load_file
+    from bgpvip.core.config import ConfigError
+    from bgpvip.supervisor import render
+
+    try:
+        cfg = load_file(config_path)
+        text = render(cfg, config_path, speaker=shlex.split(speaker_command) if speaker_command else None)
+    except ConfigError as e:
+        click.echo(f"{config_path}: invalid\n{e}", err=True)
+        sys.exit(1)
+    click.echo(text, nl=False)
+
+
+@main.command()
+@config_option
+def run(config_path: Path) -> None:
+    """Render the ExaBGP configuration and run ExaBGP with bgpvip as its API process.
+
+    One command for systemd and containers. Stops in order on SIGTERM: withdraw every route,
+    wait `shutdown_delay`, remove the addresses, then stop ExaBGP. Exits 2 on an invalid config
+    before ExaBGP starts.
+    """
+    from bgpvip.supervisor import run_main
+
+    sys.exit(run_main(config_path))
+
+
+@main.command()
+@config_option
+def speaker(config_path: Path) -> None:
+    """The ExaBGP API process (ExaBGP starts it; you normally do not).
+
+    Reads ExaBGP's stdin continuously, writes validated API commands to stdout and logs to
+    stderr. Put it in an ExaBGP `process` block if you run ExaBGP yourself.
+    """
+    from bgpvip.daemon import speaker_main
+
+    sys.exit(speaker_main(config_path))
+
+
+def _status_url(config_path: Path, url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    host, port = "127.0.0.1", 9474
+    try:
+        from bgpvip.configfile import load_file
+
+        cfg = load_file(config_path, check_files=False)
+        host, port = str(cfg.status.listen), cfg.status.port
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+    except Exception:
+        pass
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _fetch_status(base: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"{base}/status", timeout=5) as resp:
+            data: dict[str, Any] = json.load(resp)
+            return data
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise click.ClickException(
+            f"cannot reach the speaker's status endpoint at {base}/status ({e}).\n"
+            "Is `bgpvip run` running with this config? (status.enabled, status.listen, status.port)"
+        ) from None
+
+
+def _age(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = max(0, int(time.time() - ts))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def _attrs(a: dict[str, Any] | None) -> str:
+    if not a:
+        return "-"
+    parts = []
+    for key, label in (("med", "med"), ("local_preference", "lp"), ("as_path", "prepend")):
+        if key in a:
+            value = len(a[key]) if key == "as_path" else a[key]
+            parts.append(f"{label}={value}")
+    if a.get("communities"):
+        parts.append("comm=" + ",".join(a["communities"]))
+    if a.get("large_communities"):
+        parts.append("lcomm=" + ",".join(a["large_communities"]))
+    return " ".join(parts) or "-"
+
+
+def render_routes_table(status: dict[str, Any]) -> str:
+    rows = [("PREFIX", "SOURCE", "ANNOUNCED", "REASON", "SINCE", "ATTRIBUTES", "DETAIL")]
+    for d in status.get("decisions", []):
+        rows.append(
+            (
+                d.get("prefix") or d.get("address", "?"),
+                d.get("source", ""),
+                "yes" if d.get("announced") else "no",
+                d.get("reason", ""),
+                _age(d.get("since")),
+                _attrs(d.get("attributes")),
+                d.get("detail", ""),
+            )
+        )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + str(r[-1])
+        for r in rows
+    ]
+    head = f"node {status.get('node')}"
+    if status.get("drained"):
+        head += "  DRAINED (bgpvip undrain to announce again)"
+    if status.get("stopping"):
+        head += "  STOPPING"
+    if status.get("config_error"):
+        head += "\nconfig reload rejected, running the last good config:\n  " + str(status["config_error"])
+    peers = ["", "PEER                 AS      STATE        SINCE"]
+    for p in status.get("peers", []):
+        since = p.get("since_seconds")
+        peers.append(
+            f"{p.get('name', '')[:20]:<20} {p.get('peer_as', '')!s:<7} {p.get('state', ''):<12} "
+            f"{'-' if since is None else f'{int(since)}s'}" + (f"  {p['reason']}" if p.get("reason") else "")
+        )
+    return "\n".join([head, *lines, *peers]) + "\n"
+
+
+@main.command()
+@config_option
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--status-url", help="Speaker status endpoint (default: from the config's `status` section).")
+def routes(config_path: Path, output: str, status_url: str | None) -> None:
+    """Show every configured address: announced or not, the reason, attributes, peers, since when.
+
+    Reasons: healthy, checkFailing (with the last error), checkPending, drained, stopping,
+    and for Services notInPool, noLocalEndpoints, noReadyEndpoints, nodeNotReady, ...
+    """
+    status = _fetch_status(_status_url(config_path, status_url))
+    if output == "json":
+        click.echo(json.dumps(status, indent=2))
+    else:
+        click.echo(render_routes_table(status), nl=False)
+
+
+def _drain_file(config_path: Path) -> Path:
+    from bgpvip.configfile import load_file
+    from bgpvip.core.config import ConfigError
+
+    try:
+        return load_file(config_path, check_files=False).drain_file
+    except ConfigError as e:
+        raise click.ClickException(f"{config_path}: {e}") from None
+
+
+@main.command()
+@config_option
+@click.option("--reason", default="", help="Text written into the drain file (shown in `bgpvip routes`).")
+def drain(config_path: Path, reason: str) -> None:
+    """Withdraw every route from this host without stopping (creates the drain file).
+
+    Addresses stay on their interfaces so established connections can finish. The drain
+    survives restarts and reboots until `bgpvip undrain`.
+    """
+    path = _drain_file(config_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"drained at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {reason}".rstrip() + "\n"
+    )
+    click.echo(f"drained: {path} created; the speaker withdraws within a fraction of a second")
+
+
+@main.command()
+@config_option
+def undrain(config_path: Path) -> None:
+    """Announce again: remove the drain file. Healthy VIPs come back at once."""
+    path = _drain_file(config_path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        click.echo(f"not drained ({path} does not exist)")
+        return
+    click.echo(f"undrained: {path} removed")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,349 @@
+"""The speaker process: composition root of the adapters, the reconcile loop and the tasks.
+
+I/O side. ExaBGP starts this as its API process (`bgpvip speaker`). Startup policy:
+read ExaBGP's Adj-RIB-Out first and seed health from it, so a restarted helper never
+withdraws a healthy route; never crash-loop (ExaBGP terminates itself after five helper
+deaths in about 64 s): a bad config keeps the process alive and waiting for a good one, and
+an unexpected crash pauses before exiting. Shutdown policy: SIGTERM withdraws everything,
+waits `shutdown_delay`, removes the addresses and exits 0; ExaBGP going away (EOF,
+`shutdown`, a new parent) exits at once and leaves addresses in place for a graceful restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from bgpvip import logs
+from bgpvip.adapters import exabgp as exa
+from bgpvip.adapters import netlink, probes
+from bgpvip.configfile import load_file
+from bgpvip.core.config import CheckKey, Config, ConfigError
+from bgpvip.core.desired import NodeState, check_keys
+from bgpvip.core.model import Applied, Route
+from bgpvip.reconcile import (
+    ConfigChanged,
+    DrainChanged,
+    PeerChanged,
+    ProbeDone,
+    Reconciler,
+    Resync,
+    StopRequested,
+    World,
+    seed_health,
+)
+from bgpvip.status import StatusBoard, StatusServer
+
+log = logs.get("daemon")
+
+# ExaBGP kills itself after 5 helper deaths within ~64 s; pausing this long before an
+# unexpected exit keeps us at no more than 5 deaths per 65 s whatever goes wrong.
+CRASH_PAUSE = 13.0
+DRAIN_POLL = 0.2
+CONFIG_POLL = 2.0
+STOP_MARKER = "stopping"
+PID_FILE = "speaker.pid"
+
+
+class ExaBgpGone(Exception):
+    """ExaBGP closed our stdin, said `shutdown`, or our parent changed."""
+
+
+def node_name(config: Config) -> str:
+    return config.node_name or socket.gethostname().split(".")[0].lower()
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()  # follows symlinks: a ConfigMap swaps ..data underneath
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class ProbeManager:
+    """One task per configured check; restarted only for checks whose definition changed."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self._rec = reconciler
+        self._tasks: dict[CheckKey, tuple[Any, asyncio.Task[None]]] = {}
+
+    def update(self, config: Config) -> None:
+        wanted: dict[CheckKey, Any] = {}
+        for vip in config.vips:
+            for key, check in zip(check_keys(vip), vip.checks, strict=True):
+                wanted[key] = check
+        for key in list(self._tasks):
+            check, task = self._tasks[key]
+            if wanted.get(key) != check:
+                task.cancel()
+                del self._tasks[key]
+        for key, check in wanted.items():
+            if key not in self._tasks:
+                self._tasks[key] = (check, asyncio.create_task(self._run(key, check), name=f"probe {key}"))
+
+    async def _run(self, key: CheckKey, check: Any) -> None:
+        probe = probes.make_probe(check)
+        try:
+            await probes.run_check(
+                probe,
+                emit=lambda result: self._rec.post(ProbeDone(key, result)),
+                next_delay=lambda: self._rec.next_delay(key),
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await probe.aclose()
+
+    async def close(self) -> None:
+        tasks = [t for _, t in self._tasks.values()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self._tasks.clear()
+
+
+class RoutesViaExaBgp:
+    """The reconcile loop's RoutePort on top of the ExaBGP session."""
+
+    def __init__(self, session: exa.ExaBgpSession) -> None:
+        self.session = session
+
+    async def announce(self, routes: Any) -> bool:
+        return await self.session.announce(routes)
+
+    async def withdraw(self, routes: Any) -> bool:
+        return await self.session.withdraw(routes)
+
+    async def announced(self) -> set[Route]:
+        return await self.session.adj_rib_out()
+
+
+class Speaker:
+    def __init__(self, config_path: Path, *, stdin: BinaryIO, stdout: BinaryIO) -> None:
+        self.config_path = config_path
+        self.stdin = stdin
+        self.stdout = stdout
+        self.board: StatusBoard | None = None
+
+    async def run(self) -> int:
+        try:
+            config = load_file(self.config_path)
+        except ConfigError as e:
+            return await self._wait_for_good_config(e)
+        return await self._run(config)
+
+    async def _wait_for_good_config(self, error: ConfigError) -> int:
+        """No usable config: keep ExaBGP's routes as they are (fail static), read stdin so
+        ExaBGP never blocks, and start as soon as the file is fixed or exit when ExaBGP goes."""
+        log.error(logs.kv("config-invalid", file=self.config_path, error=str(error)))
+        session = exa.ExaBgpSession(self.stdin, self.stdout)
+        await session.start()
+        stamp = _file_stamp(self.config_path)
+        gone = asyncio.create_task(self._pump_exabgp(session, None))
+        try:
+            while not gone.done():
+                await asyncio.wait({gone}, timeout=CONFIG_POLL)
+                now = _file_stamp(self.config_path)
+                if now != stamp:
+                    stamp = now
+                    try:
+                        config = load_file(self.config_path)
+                    except ConfigError as e:
+                        log.error(logs.kv("config-invalid", file=self.config_path, error=str(e)))
+                        continue
+                    gone.cancel()
+                    await session.close()
+                    return await self._run(config)
+            return 0
+        finally:
+            gone.cancel()
+
+    async def _run(self, config: Config) -> int:
+        name = node_name(config)
+        runtime = config.runtime_dir
+        with contextlib.suppress(OSError):
+            runtime.mkdir(parents=True, exist_ok=True)
+            (runtime / PID_FILE).write_text(f"{os.getpid()}\n")
+        session = exa.ExaBgpSession(self.stdin, self.stdout)
+        await session.start()
+        try:
+            existing = await session.adj_rib_out()
+        except Exception as e:
+            log.warning(logs.kv("adj-rib-out-failed", error=e))
+            existing = set()
+        addresses = netlink.AddressManager()
+        try:
+            owned = addresses.owned()
+        except Exception as e:
+            log.warning(logs.kv("address-list-failed", error=e))
+            owned = set()
+        log.info(logs.kv("start", node=name, routes_in_exabgp=len(existing), addresses_owned=len(owned)))
+        stopping = (runtime / STOP_MARKER).exists()
+        world = World(
+            config=config,
+            health=seed_health(config, existing, time.monotonic()),
+            node=NodeState(drained=config.drain_file.exists(), stopping=False),
+        )
+        board = StatusBoard(name)
+        self.board = board
+        rec = Reconciler(
+            world,
+            Applied(routes=frozenset(existing), addresses=frozenset(owned)),
+            RoutesViaExaBgp(session),
+            addresses,
+            observer=board,
+        )
+        if stopping:
+            # `bgpvip run` is stopping ExaBGP and a respawned helper must not announce again.
+            rec.post(StopRequested("stop marker present"))
+        probe_mgr = ProbeManager(rec)
+        server = None
+        if config.status.enabled:
+            server = StatusServer(
+                board,
+                str(config.status.listen),
+                config.status.port,
+                max_silence=max(60.0, 3 * config.resync_interval),
+            )
+            try:
+                await server.start()
+            except OSError as e:
+                log.error(logs.kv("status-listen-failed", port=config.status.port, error=e))
+                server = None
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda s=sig: rec.post(StopRequested(signal.Signals(s).name)))
+        reload_now = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+
+        probe_mgr.update(config)
+        background = [
+            asyncio.create_task(self._pump_exabgp(session, rec), name="exabgp events"),
+            asyncio.create_task(self._watch_drain(rec), name="drain"),
+            asyncio.create_task(self._resync_timer(rec), name="resync"),
+            asyncio.create_task(self._watch_config(rec, probe_mgr, board, reload_now), name="config"),
+        ]
+        main = asyncio.create_task(rec.run(), name="reconcile")
+        try:
+            done, _ = await asyncio.wait([main, *background], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception()
+                if isinstance(exc, ExaBgpGone):
+                    log.info(logs.kv("exabgp-gone", detail=str(exc)))
+                    return 0
+                if exc is not None:
+                    raise exc
+            if main in done:
+                log.info(logs.kv("exit", code=0))
+                return 0
+            raise RuntimeError(f"task ended unexpectedly: {[t.get_name() for t in done]}")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            for t in [main, *background]:
+                t.cancel()
+            await probe_mgr.close()
+            for t in [main, *background]:
+                with contextlib.suppress(BaseException):
+                    await t
+            if server is not None:
+                await server.close()
+            await session.close()
+            with contextlib.suppress(OSError):
+                (runtime / PID_FILE).unlink()
+
+    async def _pump_exabgp(self, session: exa.ExaBgpSession, rec: Reconciler | None) -> None:
+        """Hand neighbor events to the loop; raise ExaBgpGone when ExaBGP goes away."""
+        parent = asyncio.create_task(session.wait_parent_gone())
+        try:
+            while True:
+                get = asyncio.create_task(session.events.get())
+                done, _ = await asyncio.wait({get, parent}, return_when=asyncio.FIRST_COMPLETED)
+                if parent in done:
+                    get.cancel()
+                    raise ExaBgpGone("parent process changed")
+                ev = get.result()
+                if isinstance(ev, exa.NeighborEvent) and rec is not None:
+                    rec.post(PeerChanged(ev.peer, ev.state, ev.reason))
+                elif isinstance(ev, exa.Shutdown | exa.Eof):
+                    raise ExaBgpGone(type(ev).__name__.lower())
+        finally:
+            parent.cancel()
+
+    async def _watch_drain(self, rec: Reconciler) -> None:
+        drained = rec.world.node.drained
+        while True:
+            await asyncio.sleep(DRAIN_POLL)
+            now = rec.world.config.drain_file.exists()
+            if now != drained:
+                drained = now
+                rec.post(DrainChanged(now))
+
+    async def _resync_timer(self, rec: Reconciler) -> None:
+        while True:
+            await asyncio.sleep(rec.world.config.resync_interval)
+            rec.post(Resync())
+
+    async def _watch_config(
+        self, rec: Reconciler, probe_mgr: ProbeManager, board: StatusBoard, reload_now: asyncio.Event
+    ) -> None:
+        stamp = _file_stamp(self.config_path)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reload_now.wait(), timeout=CONFIG_POLL)
+            forced = reload_now.is_set()
+            reload_now.clear()
+            now = _file_stamp(self.config_path)
+            if not forced and now == stamp:
+                continue
+            stamp = now
+            try:
+                config = load_file(self.config_path)
+            except ConfigError as e:
+                board.config_error = str(e)
+                board.m_config_reloads.labels("error").inc()
+                log.error(
+                    logs.kv(
+                        "reload-rejected", file=self.config_path, error=str(e), keeping="last good config"
+                    )
+                )
+                continue
+            board.config_error = None
+            old = rec.world.config
+            if config == old:
+                continue
+            if config.bgp != old.bgp or config.exabgp != old.exabgp:
+                log.warning(
+                    logs.kv(
+                        "reload-partial",
+                        detail="bgp/exabgp settings need a restart of `bgpvip run`; VIPs reloaded",
+                    )
+                )
+            board.m_config_reloads.labels("ok").inc()
+            log.info(logs.kv("reload", vips=len(config.vips)))
+            rec.post(ConfigChanged(config))
+            probe_mgr.update(config)
+
+
+def speaker_main(config_path: str | os.PathLike[str]) -> int:
+    """Entry point of `bgpvip speaker`: ExaBGP's API process. stdout belongs to ExaBGP."""
+    logs.setup(os.environ.get("BGPVIP_LOG_LEVEL", "INFO"))
+    speaker = Speaker(Path(config_path), stdin=sys.stdin.buffer, stdout=sys.stdout.buffer)
+    try:
+        return asyncio.run(speaker.run())
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        log.exception(logs.kv("crash", pause=CRASH_PAUSE))
+        time.sleep(CRASH_PAUSE)
+        return 1

@@ -1,0 +1,422 @@
+"""The reconcile loop: the only writer of routes and addresses.
+
+I/O side, but thin: every input arrives as a small immutable Event on one asyncio.Queue; the
+loop folds it into the World, asks the pure core for the desired state and the plan, and
+hands each action to an adapter, recording it as applied only once the adapter confirmed it
+(ExaBGP answered `done`, the kernel accepted the address). Failed actions are retried on a
+backoff that resets after a success; a periodic resync re-reads the truth from the adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from bgpvip import logs
+from bgpvip.core import health as healthmod
+from bgpvip.core import plan
+from bgpvip.core.config import CheckKey, Config, host_prefix
+from bgpvip.core.desired import NodeState, check_keys, compute
+from bgpvip.core.model import (
+    Action,
+    AddAddress,
+    Announce,
+    Applied,
+    Decision,
+    Desired,
+    IPInterface,
+    ProbeResult,
+    RemoveAddress,
+    Route,
+    Withdraw,
+)
+
+log = logs.get("reconcile")
+
+
+class RoutePort(Protocol):
+    async def announce(self, routes: Sequence[Route]) -> bool: ...
+    async def withdraw(self, routes: Sequence[Route]) -> bool: ...
+
+
+class AddressPort(Protocol):
+    def add(self, ifname: str, address: IPInterface) -> None: ...
+    def remove(self, ifname: str, address: IPInterface) -> None: ...
+    def owned(self) -> set[tuple[str, IPInterface]]: ...
+
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeDone:
+    key: CheckKey
+    result: ProbeResult
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChanged:
+    peer: str
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainChanged:
+    drained: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChanged:
+    config: Config
+
+
+@dataclass(frozen=True, slots=True)
+class ServicesChanged:
+    """New Service decisions from the Kubernetes side (already computed by the pure core)."""
+
+    decisions: tuple[Decision, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Re-read what is applied and re-assert everything (timer, or a retry after a failure)."""
+
+    full: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    reason: str = "SIGTERM"
+
+
+Event = ProbeDone | PeerChanged | DrainChanged | ConfigChanged | ServicesChanged | Resync | StopRequested
+
+
+# ------------------------------------------------------------------ world
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    state: str = "unknown"
+    since: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    config: Config
+    health: dict[CheckKey, healthmod.Health] = field(default_factory=dict)
+    node: NodeState = field(default_factory=NodeState)
+    peers: dict[str, PeerStatus] = field(default_factory=dict)
+    services: tuple[Decision, ...] = ()
+
+
+def seed_health(config: Config, announced: Iterable[Route], now: float) -> dict[CheckKey, healthmod.Health]:
+    """Initial health: checks of a VIP whose route ExaBGP already carries start UP."""
+    prefixes = {r.prefix for r in announced}
+    seeded: dict[CheckKey, healthmod.Health] = {}
+    for vip in config.vips:
+        up = host_prefix(vip) in prefixes
+        for key in check_keys(vip):
+            seeded[key] = healthmod.initial(assume_up=up, now=now)
+    return seeded
+
+
+class Backoff:
+    """Retry delays as a sequence that restarts after a success (kopf/MetalLB style)."""
+
+    def __init__(self, delays: Sequence[float] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)):
+        self._delays = tuple(delays)
+        self._i = 0
+
+    def next(self) -> float:
+        d = self._delays[min(self._i, len(self._delays) - 1)]
+        self._i += 1
+        return d
+
+    def reset(self) -> None:
+        self._i = 0
+
+
+class Observer(Protocol):
+    """Receives what the loop did; the status endpoint and metrics implement it."""
+
+    def reconciled(self, world: World, desired: Desired, applied: Applied, seconds: float) -> None: ...
+    def action_failed(self, action: Action, error: str) -> None: ...
+    def probe(self, key: CheckKey, result: ProbeResult, health: healthmod.Health) -> None: ...
+
+
+class NullObserver:
+    def reconciled(self, world: World, desired: Desired, applied: Applied, seconds: float) -> None:
+        pass
+
+    def action_failed(self, action: Action, error: str) -> None:
+        pass
+
+    def probe(self, key: CheckKey, result: ProbeResult, health: healthmod.Health) -> None:
+        pass
+
+
+class Reconciler:
+    def __init__(
+        self,
+        world: World,
+        applied: Applied,
+        routes: RoutePort,
+        addresses: AddressPort,
+        *,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.world = world
+        self.applied = applied
+        self.desired = Desired()
+        self._routes = routes
+        self._addresses = addresses
+        self._observer: Observer = observer or NullObserver()
+        self._clock = clock
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._backoff = Backoff()
+        self._retry: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopped = asyncio.Event()
+        self.reconciles = 0
+
+    # ---- inputs
+
+    def post(self, event: Event) -> None:
+        self.queue.put_nowait(event)
+
+    def post_threadsafe(self, event: Event) -> None:
+        assert self._loop is not None, "post_threadsafe before run()"
+        self._loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def next_delay(self, key: CheckKey) -> float:
+        """Probe pace for one check: fast while its state is changing."""
+        vip = next((v for v in self.world.config.vips if v.label == key.vip), None)
+        if vip is None or key.index >= len(vip.checks):
+            return 1.0
+        check = vip.checks[key.index]
+        h = self.world.health.get(key, healthmod.initial())
+        return healthmod.next_delay(h, interval=check.interval, fast_interval=check.fast_interval)
+
+    # ---- folding events into the world
+
+    def _apply_event(self, event: Event) -> bool:
+        """Fold one event in; returns whether it can change the desired state."""
+        w = self.world
+        match event:
+            case ProbeDone(key, result):
+                vip = next((v for v in w.config.vips if v.label == key.vip), None)
+                if vip is None or key.index >= len(vip.checks):
+                    return False  # a result from a check a reload removed
+                check = vip.checks[key.index]
+                old = w.health.get(key, healthmod.initial(now=result.at))
+                new = healthmod.step(old, result, rise=check.rise, fall=check.fall)
+                self._observer.probe(key, result, new)
+                if new.state != old.state:
+                    log.info(
+                        logs.kv(
+                            "check",
+                            vip=key.vip,
+                            check=key.index,
+                            state=new.state.value,
+                            previous=old.state.value,
+                            detail=result.detail,
+                        )
+                    )
+                health = dict(w.health)
+                health[key] = new
+                self.world = replace(w, health=health)
+                return new.up != old.up or new.state != old.state
+            case PeerChanged(peer, state, reason):
+                peers = dict(w.peers)
+                peers[peer] = PeerStatus(state=state, since=self._clock(), reason=reason)
+                log.info(logs.kv("peer", peer=peer, state=state, reason=reason or None))
+                self.world = replace(w, peers=peers)
+                return state == "up"  # a fresh session gets everything re-asserted
+            case DrainChanged(drained):
+                log.info(logs.kv("drain", drained=drained))
+                self.world = replace(w, node=replace(w.node, drained=drained))
+                return True
+            case ConfigChanged(config):
+                self.world = replace(w, config=config, health=self._carry_health(config))
+                return True
+            case ServicesChanged(decisions):
+                self.world = replace(w, services=decisions)
+                return True
+            case Resync():
+                return True
+            case StopRequested(reason):
+                log.info(logs.kv("stop", reason=reason))
+                self.world = replace(w, node=replace(w.node, stopping=True))
+                return True
+        raise TypeError(f"unknown event {event!r}")
+
+    def _carry_health(self, config: Config) -> dict[CheckKey, healthmod.Health]:
+        """Keep the health of checks whose definition did not change across a reload."""
+        old_checks = {
+            k: c for v in self.world.config.vips for k, c in zip(check_keys(v), v.checks, strict=True)
+        }
+        carried: dict[CheckKey, healthmod.Health] = {}
+        for vip in config.vips:
+            for key, check in zip(check_keys(vip), vip.checks, strict=True):
+                if old_checks.get(key) == check and key in self.world.health:
+                    carried[key] = self.world.health[key]
+        return carried
+
+    # ---- the loop
+
+    async def run(self) -> None:
+        """Process events until a stop completed. The first reconcile happens at once."""
+        self._loop = asyncio.get_running_loop()
+        # The caller seeded `applied` from fresh reads; no need to read them again.
+        self.post(Resync(full=False))
+        while True:
+            event = await self.queue.get()
+            changed = self._apply_event(event)
+            full = isinstance(event, Resync) and event.full
+            while not self.queue.empty():  # coalesce a burst into one reconcile
+                more = self.queue.get_nowait()
+                changed = self._apply_event(more) or changed
+                full = full or (isinstance(more, Resync) and more.full)
+            if self.world.node.stopping:
+                await self._stop_sequence()
+                return
+            if changed:
+                await self.reconcile(resync=full)
+
+    async def reconcile(self, *, resync: bool = False) -> None:
+        started = self._clock()
+        if resync:
+            await self._refresh_applied()
+        w = self.world
+        desired = compute(w.config, w.health, w.node, w.services)
+        self.desired = desired
+        actions = plan.diff(desired, self.applied)
+        if resync and desired.routes:
+            # Level-triggered: re-assert every wanted route. ExaBGP drops identical repeats
+            # on the floor (nothing goes on the wire), so this only heals a lost announce.
+            missing = [a for a in actions if isinstance(a, Announce)]
+            if not missing:
+                actions = (*actions, Announce(tuple(sorted(desired.routes, key=_route_order))))
+        ok = await self._execute(actions)
+        self.reconciles += 1
+        self._observer.reconciled(self.world, desired, self.applied, self._clock() - started)
+        if ok:
+            self._backoff.reset()
+        else:
+            self._schedule_retry()
+
+    async def _execute(self, actions: Iterable[Action]) -> bool:
+        for action in actions:
+            try:
+                ok = await self._do(action)
+                error = "" if ok else "rejected"
+            except Exception as e:  # adapters raise transient errors; the loop must go on
+                ok, error = False, f"{type(e).__name__}: {e}"
+            if not ok:
+                log.warning(logs.kv("action-failed", action=_describe(action), error=error))
+                self._observer.action_failed(action, error)
+                # Stop here: later actions may depend on this one (announce after address).
+                return False
+            self.applied = plan.apply(action, self.applied)
+        return True
+
+    async def _do(self, action: Action) -> bool:
+        match action:
+            case Withdraw(routes):
+                ok = await self._routes.withdraw(routes)
+                for r in routes:
+                    log.info(logs.kv("withdraw", prefix=r.prefix, ok=ok))
+                return ok
+            case Announce(routes):
+                ok = await self._routes.announce(routes)
+                if len(routes) <= 20:
+                    for r in routes:
+                        log.info(logs.kv("announce", prefix=r.prefix, ok=ok))
+                else:
+                    log.info(logs.kv("announce", routes=len(routes), ok=ok))
+                return ok
+            case AddAddress(ifname, address):
+                self._addresses.add(ifname, address)
+                log.info(logs.kv("address-add", interface=ifname, address=address))
+                return True
+            case RemoveAddress(ifname, address):
+                self._addresses.remove(ifname, address)
+                log.info(logs.kv("address-remove", interface=ifname, address=address))
+                return True
+        raise TypeError(f"unknown action {action!r}")
+
+    async def _refresh_applied(self) -> None:
+        """Re-read the truth: the kernel's addresses and, if the port can tell, ExaBGP's RIB."""
+        routes, addresses = self.applied.routes, self.applied.addresses
+        try:
+            addresses = frozenset(self._addresses.owned())
+        except Exception as e:
+            log.warning(logs.kv("address-list-failed", error=e))
+        announced = getattr(self._routes, "announced", None)
+        if announced is not None:
+            try:
+                routes = frozenset(await announced())
+            except Exception as e:
+                log.warning(logs.kv("adj-rib-out-failed", error=e))
+        self.applied = Applied(routes, addresses)
+
+    def _schedule_retry(self) -> None:
+        if self._retry is not None and not self._retry.cancelled():
+            return
+        delay = self._backoff.next()
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._retry = None
+            self.post(Resync(full=False))
+
+        self._retry = loop.call_later(delay, fire)
+
+    async def _stop_sequence(self) -> None:
+        """Withdraw everything, give routers time to converge, then drop the addresses."""
+        w = self.world
+        desired = compute(w.config, w.health, w.node, w.services)
+        self.desired = desired
+        actions = plan.diff(desired, self.applied)
+        withdraws = [a for a in actions if isinstance(a, Withdraw)]
+        rest = [a for a in actions if not isinstance(a, Withdraw | Announce)]
+        for attempt in range(3):
+            if await self._execute(withdraws):
+                break
+            await asyncio.sleep(0.2 * (attempt + 1))
+        self._observer.reconciled(self.world, desired, self.applied, 0.0)
+        if withdraws and w.config.shutdown_delay > 0:
+            log.info(logs.kv("stop-wait", seconds=w.config.shutdown_delay))
+            await asyncio.sleep(w.config.shutdown_delay)
+        await self._execute(rest)
+        self._observer.reconciled(self.world, desired, self.applied, 0.0)
+        self.stopped.set()
+        if self._retry is not None:
+            self._retry.cancel()
+        with contextlib.suppress(Exception):
+            log.info(
+                logs.kv("stopped", routes=len(self.applied.routes), addresses=len(self.applied.addresses))
+            )
+
+
+def _route_order(r: Route) -> tuple[int, int]:
+    return (r.prefix.version, int(r.prefix.network_address))
+
+
+def _describe(action: Action) -> str:
+    match action:
+        case Withdraw(routes) | Announce(routes):
+            head = ",".join(str(r.prefix) for r in routes[:3])
+            more = f"+{len(routes) - 3}" if len(routes) > 3 else ""
+            return f"{type(action).__name__.lower()}({head}{more})"
+        case AddAddress(ifname, address) | RemoveAddress(ifname, address):
+            return f"{type(action).__name__}({ifname},{address})"
+    return repr(action)

@@ -1,0 +1,328 @@
+"""The status endpoint: `/status` (JSON), `/metrics` (Prometheus) and `/healthz`.
+
+I/O side. `StatusBoard` is the reconcile loop's Observer: it keeps the last reconciled
+picture (decisions with reasons and since-when, peers, checks) and the Prometheus metrics.
+The HTTP server is a few lines of asyncio: it only ever reads the board.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from bgpvip import __version__, logs
+from bgpvip.core import health as healthmod
+from bgpvip.core.config import CheckKey
+from bgpvip.core.desired import check_keys
+from bgpvip.core.model import Action, Applied, Decision, Desired, ProbeResult, Route
+from bgpvip.reconcile import World
+
+log = logs.get("status")
+
+_FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def route_json(r: Route) -> dict[str, Any]:
+    a = r.attributes
+    out: dict[str, Any] = {"prefix": str(r.prefix), "next_hop": r.next_hop}
+    if a.med is not None:
+        out["med"] = a.med
+    if a.local_preference is not None:
+        out["local_preference"] = a.local_preference
+    if a.communities:
+        out["communities"] = list(a.communities)
+    if a.large_communities:
+        out["large_communities"] = list(a.large_communities)
+    if a.as_path:
+        out["as_path"] = list(a.as_path)
+    return out
+
+
+@dataclass(slots=True)
+class _Since:
+    announced: bool
+    reason: str
+    wall: float
+
+
+class StatusBoard:
+    """The loop's Observer: the picture `/status` serves, and the metrics."""
+
+    def __init__(self, node_name: str) -> None:
+        self.node_name = node_name
+        self.started = time.time()
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.m_announced = Gauge(
+            "bgpvip_routes_announced", "Routes ExaBGP acknowledged, by source kind", ["kind"], registry=r
+        )
+        self.m_decisions = Gauge(
+            "bgpvip_addresses",
+            "Configured addresses by kind, reason and whether announced",
+            ["kind", "reason", "announced"],
+            registry=r,
+        )
+        self.m_vip_announced = Gauge(
+            "bgpvip_vip_announced", "1 while the VIP's route is announced", ["vip", "address"], registry=r
+        )
+        self.m_check_up = Gauge(
+            "bgpvip_check_up", "1 while the check counts as up", ["vip", "check"], registry=r
+        )
+        self.m_check_state = Gauge(
+            "bgpvip_check_state", "1 for the check's current state", ["vip", "check", "state"], registry=r
+        )
+        self.m_check_results = Counter(
+            "bgpvip_check_results", "Probe results", ["vip", "check", "result"], registry=r
+        )
+        self.m_check_duration = Histogram(
+            "bgpvip_check_duration_seconds",
+            "Probe duration",
+            ["vip", "check"],
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.m_peer_up = Gauge(
+            "bgpvip_peer_up", "1 while the BGP session is established", ["peer"], registry=r
+        )
+        self.m_reconciles = Counter("bgpvip_reconciles", "Reconcile passes", registry=r)
+        self.m_reconcile_seconds = Histogram(
+            "bgpvip_reconcile_duration_seconds", "Reconcile pass duration", buckets=_FAST_BUCKETS, registry=r
+        )
+        self.m_action_failures = Counter(
+            "bgpvip_action_failures", "Actions an adapter failed or rejected", ["action"], registry=r
+        )
+        self.m_drained = Gauge("bgpvip_drained", "1 while the drain file exists", registry=r)
+        self.m_config_reloads = Counter(
+            "bgpvip_config_reloads", "Config reloads by result", ["result"], registry=r
+        )
+        self.m_last_reconcile = Gauge(
+            "bgpvip_last_reconcile_timestamp_seconds", "Unix time of the last reconcile pass", registry=r
+        )
+        self.world: World | None = None
+        self.desired = Desired()
+        self.applied = Applied()
+        self._since: dict[tuple[str, str], _Since] = {}
+        self.last_reconcile_monotonic = time.monotonic()
+        self.last_errors: list[dict[str, Any]] = []
+        self.config_error: str | None = None
+
+    # ---- Observer
+
+    def reconciled(self, world: World, desired: Desired, applied: Applied, seconds: float) -> None:
+        self.world, self.desired, self.applied = world, desired, applied
+        self.last_reconcile_monotonic = time.monotonic()
+        self.m_reconciles.inc()
+        self.m_reconcile_seconds.observe(seconds)
+        self.m_last_reconcile.set(time.time())
+        self.m_drained.set(1 if world.node.drained else 0)
+        announced_prefixes = {r.prefix for r in applied.routes}
+        counts: dict[tuple[str, str, str], int] = {}
+        kinds: dict[str, int] = {"vip": 0, "service": 0}
+        now = time.time()
+        live: set[tuple[str, str]] = set()
+        for d in desired.decisions:
+            kind = d.source.split("/", 1)[0] or "other"
+            is_announced = d.route is not None and d.route.prefix in announced_prefixes and d.announce
+            counts[(kind, d.reason.value, str(is_announced).lower())] = (
+                counts.get((kind, d.reason.value, str(is_announced).lower()), 0) + 1
+            )
+            if is_announced:
+                kinds[kind] = kinds.get(kind, 0) + 1
+            key = (d.source, str(d.address))
+            live.add(key)
+            prev = self._since.get(key)
+            if prev is None or prev.announced != is_announced or prev.reason != d.reason.value:
+                self._since[key] = _Since(is_announced, d.reason.value, now)
+            if kind == "vip":
+                self.m_vip_announced.labels(d.source.split("/", 1)[1], str(d.address)).set(
+                    1 if is_announced else 0
+                )
+        for key in set(self._since) - live:
+            del self._since[key]
+        self.m_decisions.clear()
+        for (kind, reason, ann), n in counts.items():
+            self.m_decisions.labels(kind, reason, ann).set(n)
+        for kind, n in kinds.items():
+            self.m_announced.labels(kind).set(n)
+        for peer, st in world.peers.items():
+            self.m_peer_up.labels(peer).set(1 if st.state == "up" else 0)
+
+    def action_failed(self, action: Action, error: str) -> None:
+        self.m_action_failures.labels(type(action).__name__.lower()).inc()
+        self.last_errors = (
+            [{"action": type(action).__name__, "error": error, "at": time.time()}, *self.last_errors]
+        )[:10]
+
+    def probe(self, key: CheckKey, result: ProbeResult, health: healthmod.Health) -> None:
+        vip, check = key.vip, str(key.index)
+        self.m_check_results.labels(vip, check, "ok" if result.ok else "fail").inc()
+        self.m_check_duration.labels(vip, check).observe(result.duration)
+        self.m_check_up.labels(vip, check).set(1 if health.up else 0)
+        for st in healthmod.State:
+            self.m_check_state.labels(vip, check, st.value).set(1 if st == health.state else 0)
+
+    # ---- views
+
+    def snapshot(self) -> dict[str, Any]:
+        w = self.world
+        announced_prefixes = {r.prefix for r in self.applied.routes}
+        decisions = []
+        for d in self.desired.decisions:
+            decisions.append(self._decision_json(d, announced_prefixes))
+        peers = []
+        checks = []
+        if w is not None:
+            for p in w.config.bgp.peers:
+                st = w.peers.get(str(p.address))
+                peers.append(
+                    {
+                        "name": p.label,
+                        "address": str(p.address),
+                        "peer_as": p.peer_as,
+                        "local_as": p.local_as or w.config.bgp.local_as,
+                        "families": list(p.families),
+                        "state": st.state if st else "unknown",
+                        "since_seconds": round(time.monotonic() - st.since, 1) if st else None,
+                        "reason": st.reason if st else "",
+                    }
+                )
+            for vip in w.config.vips:
+                for key, check in zip(check_keys(vip), vip.checks, strict=True):
+                    h = w.health.get(key, healthmod.initial())
+                    checks.append(
+                        {
+                            "vip": vip.label,
+                            "index": key.index,
+                            "type": check.type,
+                            "state": h.state.value,
+                            "up": h.up,
+                            "last": h.last.detail if h.last else None,
+                            "last_ok": h.last.ok if h.last else None,
+                            "last_failure": h.last_failure.detail if h.last_failure else None,
+                            "since_seconds": round(time.monotonic() - h.since, 1) if h.since else None,
+                        }
+                    )
+        return {
+            "node": self.node_name,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "drained": bool(w and w.node.drained),
+            "stopping": bool(w and w.node.stopping),
+            "peers": peers,
+            "decisions": decisions,
+            "checks": checks,
+            "routes_announced": len(self.applied.routes),
+            "addresses": sorted(f"{i} {a}" for i, a in self.applied.addresses),
+            "errors": self.last_errors,
+            "config_error": self.config_error,
+        }
+
+    def _decision_json(self, d: Decision, announced_prefixes: set[Any]) -> dict[str, Any]:
+        is_announced = d.route is not None and d.route.prefix in announced_prefixes and d.announce
+        since = self._since.get((d.source, str(d.address)))
+        return {
+            "address": str(d.address),
+            "prefix": str(d.route.prefix) if d.route else None,
+            "source": d.source,
+            "announce": d.announce,
+            "announced": is_announced,
+            "reason": d.reason.value,
+            "detail": d.detail,
+            "interface": d.interface,
+            "attributes": route_json(d.route) if d.route else None,
+            "since": since.wall if since else None,
+        }
+
+    def healthy(self, max_silence: float) -> tuple[bool, str]:
+        if self.config_error is not None:
+            return False, f"config error: {self.config_error}"
+        age = time.monotonic() - self.last_reconcile_monotonic
+        if age > max_silence:
+            return False, f"no reconcile for {age:.0f}s"
+        return True, "ok"
+
+
+class StatusServer:
+    """A tiny HTTP/1.0 server for GET /status, /metrics and /healthz. Read-only."""
+
+    def __init__(self, board: StatusBoard, host: str, port: int, *, max_silence: float) -> None:
+        self.board = board
+        self.host = host
+        self.port = port
+        self.max_silence = max_silence
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
+        sock = self._server.sockets[0].getsockname()
+        self.port = sock[1]
+        log.info(logs.kv("status-listening", address=f"{self.host}:{self.port}"))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            line = request.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = line.split(" ")
+            if len(parts) != 3:
+                await self._send(writer, 400, "text/plain", b"bad request\n")
+                return
+            method, target, _ = parts
+            path = target.split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                await self._send(writer, 405, "text/plain", b"only GET\n")
+            elif path == "/status":
+                body = json.dumps(self.board.snapshot(), indent=2).encode() + b"\n"
+                await self._send(writer, 200, "application/json", body, head=method == "HEAD")
+            elif path == "/metrics":
+                await self._send(
+                    writer,
+                    200,
+                    CONTENT_TYPE_LATEST,
+                    generate_latest(self.board.registry),
+                    head=method == "HEAD",
+                )
+            elif path == "/healthz":
+                ok, why = self.board.healthy(self.max_silence)
+                await self._send(
+                    writer, 200 if ok else 503, "text/plain", why.encode() + b"\n", head=method == "HEAD"
+                )
+            else:
+                await self._send(writer, 404, "text/plain", b"try /status, /metrics or /healthz\n")
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _send(
+        writer: asyncio.StreamWriter, code: int, ctype: str, body: bytes, *, head: bool = False
+    ) -> None:
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            503: "Service Unavailable",
+        }
+        writer.write(
+            f"HTTP/1.0 {code} {reason.get(code, '')}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
+        if not head:
+            writer.write(body)
+        await writer.drain()

@@ -1,0 +1,188 @@
+"""`bgpvip run`: render ExaBGP's configuration, start ExaBGP, and stop it in the right order.
+
+I/O side. One command for systemd units and containers. ExaBGP runs as our child with
+bgpvip's speaker as its API process. On SIGTERM/SIGINT the order matters: first the
+speaker withdraws every route and waits `shutdown_delay` (routers converge while the host
+still answers on its VIPs), then ExaBGP is stopped. A stop marker in the runtime directory
+keeps a speaker that ExaBGP respawns in the meantime from announcing again.
+SIGHUP is passed to the speaker only (it reloads VIPs and checks); ExaBGP would treat SIGHUP
+as a reload of its own configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+
+from bgpvip import logs
+from bgpvip.adapters import exabgp as exa
+from bgpvip.adapters import netlink
+from bgpvip.configfile import load_file, read_password
+from bgpvip.core.config import Config, ConfigError
+from bgpvip.core.model import IPAddress
+from bgpvip.daemon import PID_FILE, STOP_MARKER
+
+log = logs.get("run")
+
+
+def speaker_command(config_path: Path) -> list[str]:
+    """How ExaBGP starts the speaker: this Python, this package, the same config file."""
+    return [sys.executable, "-m", "bgpvip", "speaker", "--config", str(config_path.resolve())]
+
+
+def resolve_local_addresses(config: Config) -> dict[IPAddress, IPAddress]:
+    """Each peer's local address: configured, or the source the kernel would use to reach it."""
+    out: dict[IPAddress, IPAddress] = {}
+    problems: list[tuple[str, str]] = []
+    for i, peer in enumerate(config.bgp.peers):
+        if peer.local_address is not None:
+            out[peer.address] = peer.local_address
+            continue
+        try:
+            found = netlink.local_address_for(peer.address)
+        except Exception as e:
+            found = None
+            problems.append((f"bgp.peers[{i}].local_address", f"unset, and no route to {peer.address}: {e}"))
+            continue
+        if found is None:
+            problems.append(
+                (f"bgp.peers[{i}].local_address", f"unset, and the kernel has no route to {peer.address}")
+            )
+        else:
+            out[peer.address] = found
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def read_passwords(config: Config) -> dict[IPAddress, str]:
+    out: dict[IPAddress, str] = {}
+    for i, peer in enumerate(config.bgp.peers):
+        if peer.password_file is None:
+            continue
+        try:
+            out[peer.address] = read_password(peer.password_file)
+        except (OSError, ValueError) as e:
+            raise ConfigError([(f"bgp.peers[{i}].password_file", str(e))]) from None
+    return out
+
+
+def render(config: Config, config_path: Path, *, speaker: list[str] | None = None) -> str:
+    return exa.render_config(
+        config,
+        process_command=speaker or speaker_command(config_path),
+        local_addresses=resolve_local_addresses(config),
+        passwords=read_passwords(config),
+    )
+
+
+def find_exabgp(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    raise FileNotFoundError(f"cannot find the ExaBGP executable {name!r} in PATH or next to {sys.executable}")
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: Path, *, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.runtime = config.runtime_dir
+        self.env = dict(env if env is not None else os.environ)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+
+    def prepare(self) -> list[str]:
+        self.runtime.mkdir(parents=True, exist_ok=True)
+        (self.runtime / STOP_MARKER).unlink(missing_ok=True)
+        conf = self.runtime / "exabgp.conf"
+        text = render(self.config, self.config_path)
+        tmp = conf.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        tmp.replace(conf)
+        self.env.update(exa.exabgp_environment(self.config.exabgp, self.runtime))
+        return [find_exabgp(self.config.exabgp.executable), str(conf)]
+
+    def run(self) -> int:
+        argv = self.prepare()
+        log.info(logs.kv("exabgp-start", argv=" ".join(argv)))
+        self.proc = subprocess.Popen(argv, env=self.env)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        code = self.proc.wait()
+        while code is None:  # pragma: no cover - wait() returns an int
+            code = self.proc.wait()
+        (self.runtime / STOP_MARKER).unlink(missing_ok=True)
+        if self._stopping:
+            log.info(logs.kv("stopped", exabgp_exit=code))
+            return 0
+        log.error(logs.kv("exabgp-exited", code=code))
+        return code if code else 1
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        pid = _read_pid(self.runtime / PID_FILE)
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGHUP)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info(logs.kv("stop", signal=signal.Signals(signum).name))
+        (self.runtime / STOP_MARKER).touch()
+        pid = _read_pid(self.runtime / PID_FILE)
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.config.shutdown_delay + 15.0
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def run_main(config_path: Path) -> int:
+    logs.setup(os.environ.get("BGPVIP_LOG_LEVEL", "INFO"))
+    try:
+        config = load_file(config_path)
+        supervisor = Supervisor(config, config_path)
+        return supervisor.run()
+    except ConfigError as e:
+        print(f"bgpvip: invalid configuration {config_path}:\n{e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"bgpvip: {e}", file=sys.stderr)
+        return 127

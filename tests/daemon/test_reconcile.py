@@ -1,0 +1,263 @@
+"""The reconcile loop with in-memory fakes and fake time (looptime): ordering, retries,
+seeding from ExaBGP's RIB, drain, stop, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bgpvip.core import health as healthmod
+from bgpvip.core.config import CheckKey, Config, load
+from bgpvip.core.desired import vip_route
+from bgpvip.core.model import Applied, ProbeResult, Reason, Route, host_network
+from bgpvip.reconcile import (
+    ConfigChanged,
+    DrainChanged,
+    PeerChanged,
+    ProbeDone,
+    Reconciler,
+    StopRequested,
+    World,
+    seed_health,
+)
+from tests.fakes import FakeExaBGP, FakeNetlink, InvariantViolation
+
+pytestmark = [pytest.mark.looptime, pytest.mark.timeout(10)]
+
+VIP = "198.51.100.10"
+VIP2 = "198.51.100.11"
+
+
+def make_config(**over: Any) -> Config:
+    doc: dict[str, Any] = {
+        "bgp": {"local_as": 65100, "peers": [{"address": "10.0.1.1", "peer_as": 65000, "local_address": "10.0.1.2"}]},
+        "vips": [
+            {"address": VIP, "name": "api", "checks": [{"type": "tcp", "port": 6443, "rise": 2, "fall": 2}]},
+            {"address": VIP2, "name": "web", "checks": [{"type": "tcp", "port": 80, "rise": 1, "fall": 1}]},
+        ],
+        "shutdown_delay": 2.0,
+    }
+    doc.update(over)
+    return load(doc)
+
+
+def ok(at: float = 0.0) -> ProbeResult:
+    return ProbeResult(ok=True, detail="connected", at=at)
+
+
+def fail(detail: str = "connection refused", broken: bool = True) -> ProbeResult:
+    return ProbeResult(ok=False, detail=detail, broken=broken)
+
+
+API = CheckKey("api", 0)
+WEB = CheckKey("web", 0)
+
+
+class Harness:
+    def __init__(self, config: Config, *, existing: set[Route] | None = None, owned: set[Any] | None = None):
+        self.netlink = FakeNetlink()
+        needs = {host_network(v.address) for v in config.vips if v.interface}
+        self.exa = FakeExaBGP(self.netlink, needs_address=needs)
+        self.netlink.exa = self.exa
+        for r in existing or set():
+            self.exa.rib[r.prefix] = r
+        self.netlink.addresses |= owned or set()
+        world = World(config=config, health=seed_health(config, existing or set(), 0.0))
+        self.rec = Reconciler(
+            world, Applied(frozenset(existing or set()), frozenset(owned or set())), self.exa, self.netlink
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Harness:
+        self.task = asyncio.create_task(self.rec.run())
+        await self.settle()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        if not self.task.done():
+            self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+    async def settle(self) -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    async def send(self, *events: Any) -> None:
+        for e in events:
+            self.rec.post(e)
+        await self.settle()
+
+    async def until(self, cond: Callable[[], bool], timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not cond():
+                await asyncio.sleep(0.01)
+
+    def announced(self) -> set[str]:
+        return {str(p.network_address) for p in self.exa.rib}
+
+    def addresses(self) -> set[str]:
+        return {str(a.ip) for _, a in self.netlink.addresses}
+
+
+async def test_rise_then_announce_after_address() -> None:
+    async with Harness(make_config()) as h:
+        assert h.announced() == set() and h.exa.log == []
+        await h.send(ProbeDone(API, ok()))
+        assert h.announced() == set(), "rise=2 needs two successes"
+        await h.send(ProbeDone(API, ok()))
+        assert h.announced() == {VIP}
+        assert h.addresses() == {VIP}
+        assert h.netlink.log[0][0] == "add"  # FakeExaBGP would have failed otherwise too
+        decision = next(d for d in h.rec.desired.decisions if str(d.address) == VIP)
+        assert decision.reason == Reason.HEALTHY
+
+
+async def test_fall_withdraws_then_removes_address() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(API, ok()), ProbeDone(API, ok()))
+        await h.send(ProbeDone(API, fail()))
+        assert h.announced() == {VIP}, "one failure must not withdraw (fall=2)"
+        await h.send(ProbeDone(API, fail("HTTP 503", broken=False)))
+        assert h.announced() == set()
+        assert h.addresses() == set()
+        assert h.exa.verbs()[-1] == "withdraw"
+        d = next(d for d in h.rec.desired.decisions if str(d.address) == VIP)
+        assert d.reason == Reason.CHECK_FAILING and "HTTP 503" in d.detail
+
+
+async def test_burst_of_events_is_coalesced() -> None:
+    async with Harness(make_config()) as h:
+        before = h.rec.reconciles
+        for _ in range(10):
+            h.rec.post(ProbeDone(WEB, ok()))
+        await h.settle()
+        assert h.announced() == {VIP2}
+        assert h.rec.reconciles - before == 1
+
+
+async def test_restart_keeps_routes_found_in_exabgp() -> None:
+    cfg = make_config()
+    existing = {vip_route(cfg, cfg.vips[0])}
+    owned = {("lo", ipaddress.ip_interface(f"{VIP}/32"))}
+    async with Harness(cfg, existing=existing, owned=owned) as h:
+        assert h.announced() == {VIP}, "a restarted helper must not withdraw a route ExaBGP carries"
+        assert "withdraw" not in h.exa.verbs()
+        assert h.rec.world.health[API].state == healthmod.State.UP
+        await h.send(ProbeDone(API, fail()), ProbeDone(API, fail()))
+        assert h.announced() == set()
+
+
+async def test_stray_route_in_exabgp_is_withdrawn() -> None:
+    stray = Route(prefix=host_network("198.51.100.99"))
+    async with Harness(make_config(), existing={stray}) as h:
+        assert h.announced() == set()
+        assert h.exa.verbs() == ["withdraw"]
+
+
+async def test_drain_withdraws_but_keeps_address_and_undrain_returns() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(WEB, ok()))
+        await h.send(DrainChanged(True))
+        assert h.announced() == set()
+        assert h.addresses() == {VIP2}, "a drain lets established connections finish"
+        d = next(d for d in h.rec.desired.decisions if str(d.address) == VIP2)
+        assert d.reason == Reason.DRAINED
+        await h.send(DrainChanged(False))
+        assert h.announced() == {VIP2}
+
+
+async def test_stop_withdraws_waits_then_removes_addresses() -> None:
+    loop = asyncio.get_running_loop()
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(WEB, ok()))
+        t0 = loop.time()
+        h.rec.post(StopRequested())
+        await h.until(lambda: h.announced() == set())
+        assert h.addresses() == {VIP2}, "addresses stay during shutdown_delay"
+        await h.rec.stopped.wait()
+        assert loop.time() - t0 >= 2.0
+        assert h.addresses() == set()
+        assert h.task is not None
+        await h.task  # run() returns after the stop sequence
+
+
+async def test_failed_announce_is_retried_with_backoff() -> None:
+    async with Harness(make_config()) as h:
+        h.exa.fail_next = 2
+        await h.send(ProbeDone(WEB, ok()))
+        assert h.announced() == set()
+        await h.until(lambda: h.announced() == {VIP2})
+        assert h.exa.verbs().count("announce-error") == 2
+
+
+async def test_adapter_exception_does_not_kill_the_loop() -> None:
+    async with Harness(make_config()) as h:
+        h.exa.raise_next = 1
+        await h.send(ProbeDone(WEB, ok()))
+        await h.until(lambda: h.announced() == {VIP2})
+        assert h.task is not None and not h.task.done()
+
+
+async def test_missing_interface_is_reported_and_nothing_announced() -> None:
+    async with Harness(make_config()) as h:
+        h.netlink.fail_add.add(ipaddress.ip_interface(f"{VIP2}/32"))
+        await h.send(ProbeDone(WEB, ok()))
+        await asyncio.sleep(1)
+        assert h.announced() == set(), "never announce an address the host does not hold"
+        h.netlink.fail_add.clear()
+        await h.until(lambda: h.announced() == {VIP2})
+
+
+async def test_attribute_change_reannounces_without_withdraw() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(WEB, ok()))
+        cfg2 = make_config(priority=200)
+        await h.send(ConfigChanged(cfg2))
+        assert h.exa.rib[host_network(VIP2)].attributes.med == 55
+        assert "withdraw" not in h.exa.verbs()
+
+
+async def test_reload_keeps_health_of_unchanged_checks_and_drops_removed_vip() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(WEB, ok()), ProbeDone(API, ok()), ProbeDone(API, ok()))
+        assert h.announced() == {VIP, VIP2}
+        doc_vips = [{"address": VIP2, "name": "web", "checks": [{"type": "tcp", "port": 80, "rise": 1, "fall": 1}]}]
+        await h.send(ConfigChanged(make_config(vips=doc_vips)))
+        assert h.announced() == {VIP2}
+        assert h.addresses() == {VIP2}
+        assert h.rec.world.health[WEB].state == healthmod.State.UP
+
+
+async def test_late_result_of_removed_check_is_ignored() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(CheckKey("gone", 3), ok()))
+        assert CheckKey("gone", 3) not in h.rec.world.health
+
+
+async def test_next_delay_is_fast_while_settling() -> None:
+    async with Harness(make_config()) as h:
+        assert h.rec.next_delay(API) == 0.02  # INIT
+        await h.send(ProbeDone(API, ok()), ProbeDone(API, ok()))
+        assert h.rec.next_delay(API) == 0.1  # UP, steady
+        await h.send(ProbeDone(API, fail()))
+        assert h.rec.next_delay(API) == healthmod.BROKEN_RECHECK_DELAY
+
+
+async def test_peer_events_are_recorded() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(PeerChanged("10.0.1.1", "up"))
+        assert h.rec.world.peers["10.0.1.1"].state == "up"
+
+
+def test_fake_exabgp_catches_withdraw_of_unknown_route() -> None:
+    exa = FakeExaBGP()
+    with pytest.raises(InvariantViolation):
+        asyncio.run(exa.withdraw([Route(prefix=host_network(VIP))]))
