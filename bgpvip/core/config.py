@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyAddress,
@@ -33,6 +34,17 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _WELL_KNOWN_COMMUNITIES = frozenset({"no-export", "no-advertise", "no-export-subconfed", "nopeer"})
 _ASN = Annotated[int, Field(ge=1, le=4_294_967_295)]
+
+
+def _address_text(v: Any) -> Any:
+    # pydantic takes integers (and so YAML `true`) as addresses: `address: yes` became 0.0.0.1
+    if isinstance(v, int):
+        raise ValueError("must be an IP address written as text, e.g. 192.0.2.1")
+    return v
+
+
+_IPAddress = Annotated[IPvAnyAddress, BeforeValidator(_address_text)]
+_IPv4Address = Annotated[IPv4Address, BeforeValidator(_address_text)]
 
 
 class ConfigError(Exception):
@@ -222,7 +234,7 @@ Check = Annotated[HttpCheck | KubeApiserverCheck | TcpCheck | ExecCheck, Field(d
 class PeerConfig(_Model):
     """One upstream BGP router."""
 
-    address: IPvAnyAddress
+    address: _IPAddress
     """The router's address."""
     peer_as: _ASN
     """The router's AS number."""
@@ -230,7 +242,7 @@ class PeerConfig(_Model):
     """Label used in logs and `bgpvip routes`. Default: the address."""
     local_as: _ASN | None = None
     """This host's AS towards this peer. Default: `bgp.local_as`."""
-    local_address: IPvAnyAddress | None = None
+    local_address: _IPAddress | None = None
     """This host's address on the session, used as next hop. Default: the source address the
     kernel picks to reach `address` (resolved when the ExaBGP config is rendered)."""
     hold_time: int = Field(default=9, ge=0, le=65535)
@@ -277,7 +289,7 @@ class PeerConfig(_Model):
 class BgpConfig(_Model):
     local_as: _ASN
     """This host's AS number. Use a 2-byte private ASN (64512-65534) towards Yamaha RTX."""
-    router_id: IPv4Address | None = None
+    router_id: _IPv4Address | None = None
     """BGP router id. Default: the first peer's local address (must be IPv4 then)."""
     peers: tuple[PeerConfig, ...] = Field(min_length=1)
     """The upstream routers. Every VIP is announced to every peer of its family."""
@@ -335,7 +347,7 @@ class _RouteAttributes(_Model):
 class VipConfig(_RouteAttributes):
     """One address this host announces while its checks pass."""
 
-    address: IPvAnyAddress
+    address: _IPAddress
     """The VIP: announced as a /32 (IPv4) or /128 (IPv6)."""
     name: str | None = None
     """Label used in logs, metrics and `bgpvip routes`. Default: the address."""
@@ -492,7 +504,7 @@ class KubernetesConfig(_Model):
 class StatusConfig(_Model):
     enabled: bool = True
     """Serve `/status`, `/metrics` and `/healthz`."""
-    listen: IPvAnyAddress = IPv4Address("127.0.0.1")
+    listen: _IPAddress = IPv4Address("127.0.0.1")
     """Address to bind. Default loopback: the endpoint is unauthenticated."""
     port: int = Field(default=9474, ge=1, le=65535)
     """TCP port. Default 9474."""

@@ -138,5 +138,7 @@ def compute(
         keep = d.announce or d.reason == Reason.DRAINED
         if keep and vip.interface is not None:
             addresses.add((vip.interface, vip_interface_address(vip)))
-    decisions.sort(key=lambda d: (d.address.version, int(d.address), d.source))
+    # repr() breaks ties between decisions for one address and source, so that the order of
+    # the inputs never shows in the output
+    decisions.sort(key=lambda d: (d.address.version, int(d.address), d.source, repr(d)))
     return Desired(routes=routes, addresses=frozenset(addresses), decisions=tuple(decisions))

@@ -1,0 +1,764 @@
+"""bgpvip.core.config: defaults, a full config, and the exact path and message of every error."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from bgpvip.core import config as cfg
+from bgpvip.core.config import ConfigError, load
+
+MINIMAL: dict[str, Any] = {
+    "bgp": {"local_as": 65001, "peers": [{"address": "192.0.2.1", "peer_as": 65000}]},
+}
+
+# Every field of every model is set here, to a value that differs from its default wherever
+# the validators allow it; test_full_config_sets_every_field keeps it that way.
+FULL: dict[str, Any] = {
+    "node_name": "cp-1.example",
+    "bgp": {
+        "local_as": 65100,
+        "router_id": "192.0.2.10",
+        "peers": [
+            {
+                "address": "192.0.2.1",
+                "peer_as": 65000,
+                "name": "frr-a",
+                "local_as": 65101,
+                "local_address": "192.0.2.10",
+                "hold_time": 30,
+                "password_file": "/etc/bgpvip/frr-a.password",
+                "multihop_ttl": 2,
+                "families": ["ipv4", "ipv6"],
+                "passive": True,
+                "graceful_restart": 120,
+                "port": 1179,
+            },
+            {"address": "2001:db8::1", "peer_as": 65000, "families": ["ipv6"]},
+        ],
+    },
+    "vips": [
+        {
+            "address": "198.51.100.10",
+            "name": "kube-api",
+            "interface": "dummy0",
+            "require": "any",
+            "priority": 200,
+            "med": 50,
+            "local_preference": 300,
+            "communities": ["65000:100", "no-export"],
+            "large_communities": ["65000:1:2"],
+            "as_path_prepend": 2,
+            "checks": [
+                {
+                    "type": "kube-apiserver",
+                    "host": "::1",
+                    "port": 16443,
+                    "path": "/livez",
+                    "ca_file": "/etc/k8s/ca.crt",
+                    "tls_server_name": "kubernetes.default",
+                    "insecure": False,
+                    "interval": 0.5,
+                    "fast_interval": 0.05,
+                    "timeout": 2.0,
+                    "rise": 4,
+                    "fall": 3,
+                },
+                {
+                    "type": "http",
+                    "url": "https://127.0.0.1:8443/healthz",
+                    "method": "HEAD",
+                    "expect_status": [200, 204],
+                    "headers": {"Host": "api.example"},
+                    "ca_file": "/etc/ssl/ca.pem",
+                    "tls_server_name": "api.example",
+                    "insecure": False,
+                    "client_cert": "/etc/ssl/client.pem",
+                    "client_key": "/etc/ssl/client.key",
+                    "interval": 0.2,
+                    "fast_interval": 0.03,
+                    "timeout": 0.5,
+                    "rise": 2,
+                    "fall": 1,
+                },
+                {"type": "tcp", "host": "127.0.0.2", "port": 5432, "interval": 0.3},
+                {
+                    "type": "exec",
+                    "command": ["/usr/local/bin/check-db", "--quick"],
+                    "interval": 5.0,
+                    "fast_interval": 0.5,
+                    "timeout": 3.0,
+                    "rise": 1,
+                    "fall": 5,
+                },
+            ],
+        },
+        {"address": "2001:db8:cafe::10", "interface": None},
+    ],
+    "priority": 100,
+    "priority_attribute": "as-path",
+    "drain_file": "/etc/bgpvip/drain",
+    "runtime_dir": "/run/bgpvip-test",
+    "shutdown_delay": 5.0,
+    "resync_interval": 60.0,
+    "pools": [
+        {
+            "name": "public",
+            "addresses": ["203.0.113.0/25", "203.0.113.200-203.0.113.210", "2001:db8:1::/120"],
+            "auto_assign": False,
+            "allow_external_ips": True,
+            "namespaces": ["default", "web"],
+            "service_selector": {"example.com/tier": "frontend"},
+            "med": 10,
+            "local_preference": 200,
+            "communities": ["65000:200"],
+            "large_communities": ["65000:2:3"],
+            "as_path_prepend": 1,
+        }
+    ],
+    "kubernetes": {
+        "enabled": True,
+        "kubeconfig": "/etc/bgpvip/kubeconfig",
+        "load_balancer_class": "example.com/lb",
+        "include_unclassed": True,
+        "node_selector": {"node-role.kubernetes.io/edge": ""},
+        "watch_timeout": 60.0,
+    },
+    "status": {"enabled": False, "listen": "::1", "port": 9999},
+    "exabgp": {"reactor_speed": 0.5, "executable": "/opt/exabgp/bin/exabgp", "log_level": "DEBUG"},
+}
+
+
+def with_(base: dict[str, Any], **top: Any) -> dict[str, Any]:
+    d = copy.deepcopy(base)
+    d.update(copy.deepcopy(top))
+    return d
+
+
+def vip(address: str = "198.51.100.1", **kw: Any) -> dict[str, Any]:
+    return {"address": address, **kw}
+
+
+def tcp(**kw: Any) -> dict[str, Any]:
+    return {"type": "tcp", "port": 80, **kw}
+
+
+def http(**kw: Any) -> dict[str, Any]:
+    return {"type": "http", "url": "http://127.0.0.1/healthz", **kw}
+
+
+def problems_of(data: Any) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as exc:
+        load(data)
+    return exc.value.problems
+
+
+# --------------------------------------------------------------------------- valid configs
+
+
+# fmt: off
+DEFAULTS = [
+    # (path, getter, documented default)
+    ("node_name", lambda c: c.node_name, None),
+    ("vips", lambda c: c.vips, ()),
+    ("priority", lambda c: c.priority, None),
+    ("priority_attribute", lambda c: c.priority_attribute, "med"),
+    ("drain_file", lambda c: c.drain_file, Path("/var/lib/bgpvip/drain")),
+    ("runtime_dir", lambda c: c.runtime_dir, Path("/run/bgpvip")),
+    ("shutdown_delay", lambda c: c.shutdown_delay, 2.0),
+    ("resync_interval", lambda c: c.resync_interval, 30.0),
+    ("pools", lambda c: c.pools, ()),
+    ("bgp.router_id", lambda c: c.bgp.router_id, None),
+    ("peer.name", lambda c: c.bgp.peers[0].name, None),
+    ("peer.label", lambda c: c.bgp.peers[0].label, "192.0.2.1"),
+    ("peer.local_as", lambda c: c.bgp.peers[0].local_as, None),
+    ("peer.local_address", lambda c: c.bgp.peers[0].local_address, None),
+    ("peer.hold_time", lambda c: c.bgp.peers[0].hold_time, 9),
+    ("peer.password_file", lambda c: c.bgp.peers[0].password_file, None),
+    ("peer.multihop_ttl", lambda c: c.bgp.peers[0].multihop_ttl, None),
+    ("peer.families", lambda c: c.bgp.peers[0].families, ("ipv4",)),
+    ("peer.passive", lambda c: c.bgp.peers[0].passive, False),
+    ("peer.graceful_restart", lambda c: c.bgp.peers[0].graceful_restart, None),
+    ("peer.port", lambda c: c.bgp.peers[0].port, 179),
+    ("kubernetes.enabled", lambda c: c.kubernetes.enabled, False),
+    ("kubernetes.kubeconfig", lambda c: c.kubernetes.kubeconfig, None),
+    ("kubernetes.load_balancer_class", lambda c: c.kubernetes.load_balancer_class, "bgpvip.io/bgp"),
+    ("kubernetes.include_unclassed", lambda c: c.kubernetes.include_unclassed, False),
+    ("kubernetes.node_selector", lambda c: c.kubernetes.node_selector, {}),
+    ("kubernetes.watch_timeout", lambda c: c.kubernetes.watch_timeout, 300.0),
+    ("status.enabled", lambda c: c.status.enabled, True),
+    ("status.listen", lambda c: c.status.listen, IPv4Address("127.0.0.1")),
+    ("status.port", lambda c: c.status.port, 9474),
+    ("exabgp.reactor_speed", lambda c: c.exabgp.reactor_speed, 0.1),
+    ("exabgp.executable", lambda c: c.exabgp.executable, "exabgp"),
+    ("exabgp.log_level", lambda c: c.exabgp.log_level, "INFO"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("getter", "expected"), [d[1:] for d in DEFAULTS], ids=[d[0] for d in DEFAULTS])
+def test_minimal_config_has_documented_defaults(getter: Callable[[cfg.Config], Any], expected: Any) -> None:
+    assert getter(load(MINIMAL)) == expected
+
+
+VIP_DEFAULTS = [
+    ("name", None),
+    ("label", "198.51.100.1"),
+    ("interface", "lo"),
+    ("checks", ()),
+    ("require", "all"),
+    ("priority", None),
+    ("med", None),
+    ("local_preference", None),
+    ("communities", ()),
+    ("large_communities", ()),
+    ("as_path_prepend", 0),
+]
+
+
+@pytest.mark.parametrize(("attr", "expected"), VIP_DEFAULTS, ids=[a for a, _ in VIP_DEFAULTS])
+def test_minimal_vip_has_documented_defaults(attr: str, expected: Any) -> None:
+    config = load(with_(MINIMAL, vips=[vip()]))
+    assert getattr(config.vips[0], attr) == expected
+
+
+CHECK_DEFAULTS = [
+    # (id, check, (interval, fast_interval, timeout, rise, fall))
+    ("tcp", tcp(), (0.1, 0.02, 1.0, 3, 2)),
+    ("http", http(), (0.1, 0.02, 1.0, 3, 2)),
+    ("kube-apiserver", {"type": "kube-apiserver"}, (0.1, 0.02, 1.0, 3, 2)),
+    ("exec", {"type": "exec", "command": ["/bin/true"]}, (1.0, 0.1, 2.0, 3, 2)),
+]
+
+
+@pytest.mark.parametrize(
+    ("check", "timing"), [c[1:] for c in CHECK_DEFAULTS], ids=[c[0] for c in CHECK_DEFAULTS]
+)
+def test_check_timing_defaults(check: dict[str, Any], timing: tuple[float, float, float, int, int]) -> None:
+    c = load(with_(MINIMAL, vips=[vip(checks=[check])])).vips[0].checks[0]
+    assert (c.interval, c.fast_interval, c.timeout, c.rise, c.fall) == timing
+
+
+def test_check_type_specific_defaults() -> None:
+    checks = (
+        load(with_(MINIMAL, vips=[vip(checks=[http(), {"type": "kube-apiserver"}, tcp()])])).vips[0].checks
+    )
+    h, k, t = checks
+    assert isinstance(h, cfg.HttpCheck)
+    assert (h.method, h.expect_status, h.headers, h.ca_file, h.insecure) == ("GET", (200,), {}, None, False)
+    assert (h.tls_server_name, h.client_cert, h.client_key) == (None, None, None)
+    assert isinstance(k, cfg.KubeApiserverCheck)
+    assert (k.host, k.port, k.path) == ("127.0.0.1", 6443, "/readyz")
+    assert (k.ca_file, k.tls_server_name, k.insecure) == (
+        Path("/etc/kubernetes/pki/ca.crt"),
+        "kubernetes",
+        False,
+    )
+    assert isinstance(t, cfg.TcpCheck)
+    assert t.host == "127.0.0.1"
+
+
+def test_pool_defaults() -> None:
+    pool = load(with_(MINIMAL, pools=[{"name": "p", "addresses": ["203.0.113.0/24"]}])).pools[0]
+    assert (pool.auto_assign, pool.allow_external_ips, pool.namespaces, pool.service_selector) == (
+        True,
+        False,
+        (),
+        {},
+    )
+
+
+def _model_fields(model: type[BaseModel], data: Any, path: str) -> list[str]:
+    """Every `path.field` of `model` that `data` leaves unset, recursing into nested models."""
+    missing: list[str] = []
+    for name, info in model.model_fields.items():
+        if name not in data:
+            missing.append(f"{path}{name}")
+            continue
+        sub = info.annotation
+        value = data[name]
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            missing += _model_fields(sub, value, f"{path}{name}.")
+    return missing
+
+
+def test_full_config_sets_every_field() -> None:
+    """FULL stays complete as fields are added: each model's fields appear in some instance."""
+    missing = _model_fields(cfg.Config, FULL, "")
+    missing += _model_fields(cfg.BgpConfig, FULL["bgp"], "bgp.")
+    missing += _model_fields(cfg.PeerConfig, FULL["bgp"]["peers"][0], "bgp.peers[0].")
+    missing += _model_fields(cfg.VipConfig, FULL["vips"][0], "vips[0].")
+    missing += _model_fields(cfg.PoolConfig, FULL["pools"][0], "pools[0].")
+    checks = {c["type"]: c for c in FULL["vips"][0]["checks"]}
+    # the tcp check keeps most defaults, so that a mostly-default check is loaded too
+    models = {"http": cfg.HttpCheck, "kube-apiserver": cfg.KubeApiserverCheck, "exec": cfg.ExecCheck}
+    for tag, model in models.items():
+        missing += _model_fields(model, checks[tag], f"checks[{tag}].")
+    assert missing == []
+
+
+def test_full_config_loads_every_field() -> None:
+    c = load(FULL)
+    assert c.node_name == "cp-1.example"
+    assert c.bgp.router_id == IPv4Address("192.0.2.10")
+    p = c.bgp.peers[0]
+    assert (p.label, p.local_as, p.local_address, p.hold_time) == (
+        "frr-a",
+        65101,
+        IPv4Address("192.0.2.10"),
+        30,
+    )
+    assert (p.password_file, p.multihop_ttl, p.families) == (
+        Path("/etc/bgpvip/frr-a.password"),
+        2,
+        ("ipv4", "ipv6"),
+    )
+    assert (p.passive, p.graceful_restart, p.port) == (True, 120, 1179)
+    assert c.bgp.peers[1].label == "2001:db8::1"
+    v = c.vips[0]
+    assert (v.label, v.interface, v.require, v.priority) == ("kube-api", "dummy0", "any", 200)
+    assert (v.med, v.local_preference, v.as_path_prepend) == (50, 300, 2)
+    assert (v.communities, v.large_communities) == (("65000:100", "no-export"), ("65000:1:2",))
+    kube, web, db, script = v.checks
+    assert isinstance(kube, cfg.KubeApiserverCheck)
+    assert (kube.host, kube.port, kube.path, kube.rise, kube.fall) == ("::1", 16443, "/livez", 4, 3)
+    assert isinstance(web, cfg.HttpCheck)
+    assert (web.method, web.expect_status, web.headers) == ("HEAD", (200, 204), {"Host": "api.example"})
+    assert (web.client_cert, web.client_key) == (Path("/etc/ssl/client.pem"), Path("/etc/ssl/client.key"))
+    assert isinstance(db, cfg.TcpCheck)
+    assert (db.host, db.port, db.interval) == ("127.0.0.2", 5432, 0.3)
+    assert isinstance(script, cfg.ExecCheck)
+    assert script.command == ("/usr/local/bin/check-db", "--quick")
+    assert c.vips[1].address == IPv6Address("2001:db8:cafe::10")
+    assert c.vips[1].interface is None
+    assert (c.priority, c.priority_attribute, c.drain_file) == (100, "as-path", Path("/etc/bgpvip/drain"))
+    assert (c.runtime_dir, c.shutdown_delay, c.resync_interval) == (Path("/run/bgpvip-test"), 5.0, 60.0)
+    pool = c.pools[0]
+    assert pool.ranges[1] == (IPv4Address("203.0.113.200"), IPv4Address("203.0.113.210"))
+    assert pool.contains(IPv6Address("2001:db8:1::ff"))
+    assert not pool.contains(IPv4Address("203.0.113.150"))
+    assert (pool.auto_assign, pool.allow_external_ips, pool.namespaces) == (False, True, ("default", "web"))
+    assert c.kubernetes.node_selector == {"node-role.kubernetes.io/edge": ""}
+    assert (c.status.enabled, c.status.listen, c.status.port) == (False, IPv6Address("::1"), 9999)
+    assert (c.exabgp.reactor_speed, c.exabgp.log_level) == (0.5, "DEBUG")
+
+
+def test_config_is_frozen() -> None:
+    c = load(MINIMAL)
+    with pytest.raises(ValueError, match="frozen"):
+        c.priority = 10  # type: ignore[misc]
+
+
+def test_kube_apiserver_as_http_uses_kubeadm_ca_and_server_name() -> None:
+    check = load(with_(MINIMAL, vips=[vip(checks=[{"type": "kube-apiserver", "rise": 5, "fall": 4}])]))
+    kube = check.vips[0].checks[0]
+    assert isinstance(kube, cfg.KubeApiserverCheck)
+    h = kube.as_http()
+    assert h.url == "https://127.0.0.1:6443/readyz"
+    assert h.ca_file == Path("/etc/kubernetes/pki/ca.crt")
+    assert h.tls_server_name == "kubernetes"
+    assert h.insecure is False
+    assert (h.method, h.expect_status, h.rise, h.fall) == ("GET", (200,), 5, 4)
+
+
+@pytest.mark.parametrize(
+    ("extra", "url", "ca_file"),
+    [
+        ({"host": "::1"}, "https://[::1]:6443/readyz", Path("/etc/kubernetes/pki/ca.crt")),
+        ({"insecure": True}, "https://127.0.0.1:6443/readyz", None),
+        (
+            {"port": 16443, "path": "/livez?verbose"},
+            "https://127.0.0.1:16443/livez?verbose",
+            Path("/etc/kubernetes/pki/ca.crt"),
+        ),
+    ],
+    ids=["ipv6-host-bracketed", "insecure-drops-ca", "port-and-path"],
+)
+def test_kube_apiserver_as_http_variants(extra: dict[str, Any], url: str, ca_file: Path | None) -> None:
+    h = cfg.KubeApiserverCheck(type="kube-apiserver", **extra).as_http()
+    assert (h.url, h.ca_file) == (url, ca_file)
+
+
+@pytest.mark.parametrize(
+    ("priority", "vip_priority", "expected"),
+    [(None, None, None), (100, None, 100), (100, 200, 200), (None, 50, 50)],
+    ids=["unset", "global", "vip-overrides", "vip-only"],
+)
+def test_effective_priority(priority: int | None, vip_priority: int | None, expected: int | None) -> None:
+    c = load(with_(MINIMAL, priority=priority, vips=[vip(priority=vip_priority)]))
+    assert cfg.effective_priority(c, c.vips[0]) == expected
+
+
+@pytest.mark.parametrize(
+    ("block", "first", "last"),
+    [
+        ("203.0.113.0/30", "203.0.113.0", "203.0.113.3"),
+        ("203.0.113.7", "203.0.113.7", "203.0.113.7"),
+        ("203.0.113.10 - 203.0.113.20", "203.0.113.10", "203.0.113.20"),
+        ("2001:db8::/127", "2001:db8::", "2001:db8::1"),
+    ],
+    ids=["cidr", "single", "range-with-spaces", "ipv6-cidr"],
+)
+def test_parse_address_block(block: str, first: str, last: str) -> None:
+    assert cfg.parse_address_block(block) == (ip_address(first), ip_address(last))
+
+
+# --------------------------------------------------------------------------- errors
+
+V6 = {"bgp": {"local_as": 65001, "peers": [{"address": "192.0.2.1", "peer_as": 65000, "families": ["ipv6"]}]}}
+POOL = {"name": "p", "addresses": ["203.0.113.0/24"]}
+
+DROP = object()  # marks a top-level key to delete from MINIMAL
+
+# fmt: off
+BAD: list[tuple[str, dict[str, Any], str, str]] = [
+    # (id, top-level keys replaced in MINIMAL, exact path, substring of the message)
+    ("interval-zero", {"vips": [vip(), vip("198.51.100.2", checks=[tcp(interval=0)])]}, "vips[1].checks[0].interval", "must be > 0"),
+    ("interval-too-big", {"vips": [vip(checks=[tcp(interval=7200)])]}, "vips[0].checks[0].interval", "must be <= 3600"),
+    ("interval-nan", {"vips": [vip(checks=[tcp(interval=float("nan"))])]}, "vips[0].checks[0].interval", "got nan"),
+    ("rise-zero", {"vips": [vip(checks=[http(rise=0)])]}, "vips[0].checks[0].rise", "must be >= 1 (got 0)"),
+    ("fall-negative", {"vips": [vip(checks=[{"type": "kube-apiserver", "fall": -1}])]}, "vips[0].checks[0].fall", "must be >= 1"),
+    ("exec-timeout", {"vips": [vip(checks=[{"type": "exec", "command": ["x"], "timeout": 0}])]}, "vips[0].checks[0].timeout", "must be > 0"),
+    ("unknown-top-field", {"vip": []}, "vip", "unknown field"),
+    ("unknown-vip-field", {"vips": [vip(adress="x")]}, "vips[0].adress", "unknown field"),
+    ("unknown-check-field", {"vips": [vip(checks=[tcp(intervall=1)])]}, "vips[0].checks[0].intervall", "unknown field"),
+    ("unknown-peer-field", {"bgp": {"local_as": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2, "asn": 3}]}}, "bgp.peers[0].asn", "unknown field"),
+    ("unknown-check-type", {"vips": [vip(checks=[{"type": "icmp"}])]}, "vips[0].checks[0]", "unknown check type 'icmp'"),
+    ("missing-check-type", {"vips": [vip(checks=[{"port": 80}])]}, "vips[0].checks[0]", "needs a `type`"),
+    ("check-not-a-mapping", {"vips": [vip(checks=["tcp"])]}, "vips[0].checks[0]", "dictionary"),
+    ("missing-bgp", {"bgp": DROP}, "bgp", "is required"),
+    ("bgp-not-a-mapping", {"bgp": 65001}, "bgp", "valid dictionary"),
+    ("missing-port", {"vips": [vip(checks=[{"type": "tcp"}])]}, "vips[0].checks[0].port", "is required"),
+    ("missing-url", {"vips": [vip(checks=[{"type": "http"}])]}, "vips[0].checks[0].url", "is required"),
+    ("missing-exec-command", {"vips": [vip(checks=[{"type": "exec"}])]}, "vips[0].checks[0].command", "is required"),
+    ("empty-exec-command", {"vips": [vip(checks=[{"type": "exec", "command": []}])]}, "vips[0].checks[0].command", "at least 1"),
+    ("missing-vip-address", {"vips": [{"name": "a"}]}, "vips[0].address", "is required"),
+    ("missing-peer-as", {"bgp": {"local_as": 1, "peers": [{"address": "192.0.2.1"}]}}, "bgp.peers[0].peer_as", "is required"),
+    ("missing-local-as", {"bgp": {"peers": [{"address": "192.0.2.1", "peer_as": 1}]}}, "bgp.local_as", "is required"),
+    ("no-peers", {"bgp": {"local_as": 1, "peers": []}}, "bgp.peers", "at least 1"),
+    ("asn-zero", {"bgp": {"local_as": 0, "peers": [{"address": "192.0.2.1", "peer_as": 1}]}}, "bgp.local_as", "must be >= 1"),
+    ("asn-too-big", {"bgp": {"local_as": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2**32}]}}, "bgp.peers[0].peer_as", "must be <= 4294967295"),
+    ("bad-peer-address", {"bgp": {"local_as": 1, "peers": [{"address": "frr", "peer_as": 2}]}}, "bgp.peers[0].address", "not a valid IPv4 or IPv6"),
+    ("bad-peer-name", {"bgp": {"local_as": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2, "name": "a b"}]}}, "bgp.peers[0].name", "1-63 characters"),
+    ("peer-families-empty", {"bgp": {"local_as": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2, "families": []}]}}, "bgp.peers[0].families", "at least one"),
+    ("peer-families-twice", {"bgp": {"local_as": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2, "families": ["ipv4", "ipv4"]}]}}, "bgp.peers[0].families", "twice"),
+    ("peer-family-unknown", {"bgp": {"local_as": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2, "families": ["vpnv4"]}]}}, "bgp.peers[0].families[0]", "'ipv4' or 'ipv6'"),
+    ("duplicate-peer", {"bgp": {"local_as": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2}, {"address": "192.0.2.1", "peer_as": 3}]}}, "bgp.peers[1].address", "duplicate of peers[0]"),
+    ("router-id-needed", {"bgp": {"local_as": 1, "peers": [{"address": "2001:db8::1", "peer_as": 2, "local_address": "2001:db8::2", "families": ["ipv6"]}]}}, "bgp.router_id", "must be set"),
+    ("router-id-ipv6", {"bgp": {"local_as": 1, "router_id": "2001:db8::2", "peers": [{"address": "192.0.2.1", "peer_as": 2}]}}, "bgp.router_id", "IPv4"),
+    ("duplicate-vip-address", {"vips": [vip(name="a"), vip(name="b")]}, "vips[1].address", "duplicate of vips[0]"),
+    ("duplicate-vip-name", {"vips": [vip(name="a"), vip("198.51.100.2", name="a")]}, "vips[1].name", "duplicate of vips[0]"),
+    ("vip-name-clashes-with-label", {"vips": [vip(), vip("198.51.100.2", name="198.51.100.1")]}, "vips[1].name", "duplicate of vips[0]"),
+    ("vip-ipv6-without-ipv6-peer", {"vips": [vip(), vip("2001:db8::10")]}, "vips[1].address", "is ipv6 but no peer carries ipv6"),
+    ("vip-ipv4-without-ipv4-peer", {**V6, "vips": [vip()]}, "vips[0].address", "is ipv4 but no peer carries ipv4"),
+    ("vip-not-an-address", {"vips": [vip("198.51.100.0/24")]}, "vips[0].address", "not a valid IPv4 or IPv6"),
+    ("vip-address-integer", {"vips": [{"address": 3325256705}]}, "vips[0].address", "written as text"),
+    ("vip-address-yaml-true", {"vips": [{"address": True}]}, "vips[0].address", "written as text"),
+    ("peer-address-integer", {"bgp": {"local_as": 1, "peers": [{"address": 3221225985, "peer_as": 2}]}}, "bgp.peers[0].address", "written as text"),
+    ("router-id-integer", {"bgp": {"local_as": 1, "router_id": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2}]}}, "bgp.router_id", "written as text"),
+    ("status-listen-integer", {"status": {"listen": 2130706433}}, "status.listen", "written as text"),
+    ("vip-bad-name", {"vips": [vip(name="kube api")]}, "vips[0].name", "1-63 characters"),
+    ("vip-loopback", {"vips": [vip("127.0.0.53")]}, "vips[0].address", "cannot be a VIP"),
+    ("vip-loopback-v6", {"vips": [vip("::1")]}, "vips[0].address", "cannot be a VIP"),
+    ("vip-multicast", {"vips": [vip("239.1.1.1")]}, "vips[0].address", "cannot be a VIP"),
+    ("vip-multicast-v6", {"vips": [vip("ff02::1")]}, "vips[0].address", "cannot be a VIP"),
+    ("vip-unspecified", {"vips": [vip("0.0.0.0")]}, "vips[0].address", "cannot be a VIP"),
+    ("vip-link-local", {"vips": [vip("169.254.1.1")]}, "vips[0].address", "cannot be a VIP"),
+    ("vip-bad-require", {"vips": [vip(require="most")]}, "vips[0].require", "'all' or 'any'"),
+    ("vip-priority-zero", {"vips": [vip(priority=0)]}, "vips[0].priority", "must be >= 1"),
+    ("vip-priority-255", {"vips": [vip(priority=255)]}, "vips[0].priority", "must be <= 254"),
+    ("priority-255", {"priority": 255}, "priority", "must be <= 254 (got 255)"),
+    ("priority-attribute", {"priority_attribute": "local-pref"}, "priority_attribute", "'med' or 'as-path'"),
+    ("med-negative", {"vips": [vip(med=-1)]}, "vips[0].med", "must be >= 0"),
+    ("prepend-too-many", {"vips": [vip(as_path_prepend=17)]}, "vips[0].as_path_prepend", "must be <= 16"),
+    ("community-value-too-big", {"vips": [vip(communities=["65000:70000"])]}, "vips[0].communities", "'65000:70000' is not a community"),
+    ("community-garbage", {"vips": [vip(communities=["no_export"])]}, "vips[0].communities", "use ASN:VALUE"),
+    ("community-large-form", {"vips": [vip(communities=["1:2:3"])]}, "vips[0].communities", "is not a community"),
+    ("large-community-two-parts", {"vips": [vip(large_communities=["65000:1"])]}, "vips[0].large_communities", "'65000:1' is not a large community"),
+    ("large-community-too-big", {"vips": [vip(large_communities=["4294967296:1:1"])]}, "vips[0].large_communities", "each 0-4294967295"),
+    ("pool-bad-community", {"pools": [{**POOL, "communities": ["x"]}]}, "pools[0].communities", "is not a community"),
+    ("interface-space", {"vips": [vip(interface="eth 0")]}, "vips[0].interface", "not a Linux interface name"),
+    ("interface-slash", {"vips": [vip(interface="eth0/1")]}, "vips[0].interface", "not a Linux interface name"),
+    ("interface-too-long", {"vips": [vip(interface="a" * 16)]}, "vips[0].interface", "1-15 characters"),
+    ("interface-empty", {"vips": [vip(interface="")]}, "vips[0].interface", "not a Linux interface name"),
+    ("url-scheme", {"vips": [vip(checks=[http(url="ftp://127.0.0.1/")])]}, "vips[0].checks[0].url", "must start with http:// or https://"),
+    ("url-no-scheme", {"vips": [vip(checks=[http(url="127.0.0.1/healthz")])]}, "vips[0].checks[0].url", "must start with http://"),
+    ("url-control-char", {"vips": [vip(checks=[http(url="http://127.0.0.1/a\nb")])]}, "vips[0].checks[0].url", "control characters"),
+    ("url-space", {"vips": [vip(checks=[http(url="http://127.0.0.1/a b")])]}, "vips[0].checks[0].url", "spaces"),
+    ("url-no-host", {"vips": [vip(checks=[http(url="http:///healthz")])]}, "vips[0].checks[0].url", "has no host"),
+    ("url-bad-port", {"vips": [vip(checks=[http(url="http://127.0.0.1:99999/")])]}, "vips[0].checks[0].url", "bad port"),
+    ("url-not-a-string", {"vips": [vip(checks=[http(url=80)])]}, "vips[0].checks[0].url", "valid string"),
+    ("http-method", {"vips": [vip(checks=[http(method="DELETE")])]}, "vips[0].checks[0].method", "'GET'"),
+    ("http-expect-status", {"vips": [vip(checks=[http(expect_status=[200, 600])])]}, "vips[0].checks[0].expect_status[1]", "must be <= 599"),
+    ("header-value-newline", {"vips": [vip(checks=[http(headers={"Host": "a\r\nX-Evil: 1"})])]}, "vips[0].checks[0].headers", "bad header 'Host'"),
+    ("header-name-space", {"vips": [vip(checks=[http(headers={"X Y": "1"})])]}, "vips[0].checks[0].headers", "bad header 'X Y'"),
+    ("header-value-not-string", {"vips": [vip(checks=[http(headers={"tcp": 1})])]}, "vips[0].checks[0].headers.tcp", "valid string"),
+    ("client-cert-without-key", {"vips": [vip(checks=[http(client_cert="/c.pem")])]}, "vips[0].checks[0]", "client_cert and client_key go together"),
+    ("client-key-without-cert", {"vips": [vip(checks=[http(client_key="/c.key")])]}, "vips[0].checks[0]", "go together"),
+    ("ca-file-with-insecure", {"vips": [vip(checks=[http(ca_file="/ca.pem", insecure=True)])]}, "vips[0].checks[0]", "either ca_file or insecure"),
+    ("kube-path-without-slash", {"vips": [vip(checks=[{"type": "kube-apiserver", "path": "readyz"}])]}, "vips[0].checks[0].path", "must start with '/'"),
+    ("kube-path-space", {"vips": [vip(checks=[{"type": "kube-apiserver", "path": "/ready z"}])]}, "vips[0].checks[0].path", "no spaces"),
+    ("kube-host-slash", {"vips": [vip(checks=[{"type": "kube-apiserver", "host": "a/b"}])]}, "vips[0].checks[0].host", "IP address or a host name"),
+    ("tcp-port-zero", {"vips": [vip(checks=[tcp(port=0)])]}, "vips[0].checks[0].port", "must be >= 1 (got 0)"),
+    ("pool-overlap-across", {"pools": [POOL, {"name": "q", "addresses": ["203.0.113.10-203.0.113.20"]}]}, "pools[1].addresses[0]", "overlaps pools[0].addresses[0]"),
+    ("pool-overlap-within", {"pools": [{"name": "p", "addresses": ["203.0.113.0/25", "203.0.113.100"]}]}, "pools[0].addresses[1]", "overlaps pools[0].addresses[0]"),
+    ("pool-overlap-edge", {"pools": [{"name": "p", "addresses": ["203.0.113.0/25", "203.0.113.127-203.0.113.130"]}]}, "pools[0].addresses[1]", "overlaps"),
+    ("pool-range-reversed", {"pools": [{"name": "p", "addresses": ["203.0.113.0/28", "203.0.113.20-203.0.113.10"]}]}, "pools[0].addresses[1]", "ends before it starts"),
+    ("pool-range-mixed-family", {"pools": [{"name": "p", "addresses": ["203.0.113.1-2001:db8::1"]}]}, "pools[0].addresses[0]", "mixes IPv4 and IPv6"),
+    ("pool-range-garbage", {"pools": [{"name": "p", "addresses": ["203.0.113.1-x"]}]}, "pools[0].addresses[0]", "use FIRST-LAST"),
+    ("pool-cidr-host-bits", {"pools": [{"name": "p", "addresses": ["203.0.113.1/24"]}]}, "pools[0].addresses[0]", "has host bits set"),
+    ("pool-cidr-garbage", {"pools": [{"name": "p", "addresses": ["public"]}]}, "pools[0].addresses[0]", "is not a CIDR or range"),
+    ("pool-empty", {"pools": [{"name": "p", "addresses": []}]}, "pools[0].addresses", "at least 1"),
+    ("pool-bad-name", {"pools": [{"name": "my pool", "addresses": ["203.0.113.0/24"]}]}, "pools[0].name", "1-63 characters"),
+    ("pool-duplicate-name", {"pools": [POOL, {"name": "p", "addresses": ["198.51.100.0/24"]}]}, "pools[1].name", "duplicate of pools[0]"),
+    ("pool-ipv6-without-ipv6-peer", {"pools": [{"name": "p", "addresses": ["203.0.113.0/24", "2001:db8::/64"]}]}, "pools[0].addresses[1]", "is ipv6 but no peer carries ipv6"),
+    ("vip-inside-pool", {"pools": [POOL], "vips": [vip(), vip("203.0.113.9")]}, "vips[1].address", "lies in pool 'p'"),
+    ("pool-selector-key", {"pools": [{**POOL, "service_selector": {"-app": "web"}}]}, "pools[0].service_selector", "'-app' is not a Kubernetes label key"),
+    ("pool-selector-value", {"pools": [{**POOL, "service_selector": {"app": "a b"}}]}, "pools[0].service_selector", "'a b' (for 'app') is not a Kubernetes label value"),
+    ("pool-selector-prefix", {"pools": [{**POOL, "service_selector": {"Example.com/app": "web"}}]}, "pools[0].service_selector", "not a Kubernetes label key"),
+    ("node-selector-value", {"kubernetes": {"node_selector": {"role": "edge!"}}}, "kubernetes.node_selector", "not a Kubernetes label value"),
+    ("node-selector-key-exec", {"kubernetes": {"node_selector": {"exec": 1}}}, "kubernetes.node_selector.exec", "valid string"),
+    ("watch-timeout", {"kubernetes": {"watch_timeout": 0}}, "kubernetes.watch_timeout", "must be > 0"),
+    ("status-port", {"status": {"port": 70000}}, "status.port", "must be <= 65535"),
+    ("status-listen", {"status": {"listen": "localhost"}}, "status.listen", "not a valid IPv4 or IPv6"),
+    ("exabgp-log-level", {"exabgp": {"log_level": "TRACE"}}, "exabgp.log_level", "'DEBUG'"),
+    ("exabgp-reactor-speed", {"exabgp": {"reactor_speed": 10}}, "exabgp.reactor_speed", "must be <= 5"),
+    ("node-name-uppercase", {"node_name": "Node-1"}, "node_name", "DNS-1123"),
+    ("node-name-underscore", {"node_name": "node_1"}, "node_name", "DNS-1123"),
+    ("node-name-trailing-dash", {"node_name": "node-"}, "node_name", "DNS-1123"),
+    ("shutdown-delay-negative", {"shutdown_delay": -1}, "shutdown_delay", "must be >= 0"),
+    ("resync-zero", {"resync_interval": 0}, "resync_interval", "must be > 0"),
+    ("vips-not-a-list", {"vips": {"address": "198.51.100.1"}}, "vips", "valid tuple"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("top", "path", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_config_names_path_and_problem(top: dict[str, Any], path: str, message: str) -> None:
+    data = with_(MINIMAL, **{k: v for k, v in top.items() if v is not DROP})
+    for k in [k for k, v in top.items() if v is DROP]:
+        del data[k]
+    problems = problems_of(data)
+    assert len(problems) == 1, problems
+    assert problems[0][0] == path
+    assert message in problems[0][1]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "must be a mapping, not list"),
+        ("bgp: {}", "not str"),
+        (None, "not NoneType"),
+        ({1: 2, **MINIMAL}, "key 1"),
+    ],
+    ids=["list", "string", "empty-file", "non-string-key"],
+)
+def test_non_mapping_document(data: Any, message: str) -> None:
+    problems = problems_of(data)
+    assert len(problems) == 1
+    assert problems[0][0] == ""
+    assert message in problems[0][1]
+
+
+def test_config_error_message_is_path_colon_message() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(with_(MINIMAL, priority=0, node_name="X"))
+    lines = str(exc.value).splitlines()
+    assert lines == [f"{path}: {msg}" for path, msg in exc.value.problems]
+    assert "priority: must be >= 1 (got 0)" in lines
+
+
+def test_several_field_errors_are_all_reported() -> None:
+    data = with_(
+        MINIMAL,
+        node_name="Bad_Name",
+        priority=0,
+        vips=[vip(checks=[tcp(port=0), {"type": "icmp"}]), vip("198.51.100.2", interface="eth 0", bogus=1)],
+        status={"port": 0},
+    )
+    assert sorted(p for p, _ in problems_of(data)) == sorted(
+        [
+            "node_name",
+            "priority",
+            "vips[0].checks[0].port",
+            "vips[0].checks[1]",
+            "vips[1].interface",
+            "vips[1].bogus",
+            "status.port",
+        ]
+    )
+
+
+def test_several_cross_field_errors_are_all_reported() -> None:
+    data = with_(
+        MINIMAL,
+        vips=[vip(), vip(), vip("2001:db8::1"), vip("203.0.113.1")],
+        pools=[
+            {"name": "p", "addresses": ["203.0.113.0/24", "203.0.113.0/25"]},
+            {"name": "p", "addresses": ["2001:db8:1::/64"]},
+        ],
+    )
+    assert problems_of(data) == [
+        ("vips[1].address", "duplicate of vips[0]"),
+        ("vips[2].address", "is ipv6 but no peer carries ipv6 (bgp.peers[*].families)"),
+        ("pools[0].addresses[1]", "overlaps pools[0].addresses[0]"),
+        ("pools[1].name", "duplicate of pools[0]"),
+        ("pools[1].addresses[0]", "is ipv6 but no peer carries ipv6 (bgp.peers[*].families)"),
+        ("vips[3].address", "lies in pool 'p'; VIPs and pools must not overlap"),
+    ]
+
+
+def test_several_bad_pool_blocks_are_all_reported() -> None:
+    data = with_(MINIMAL, pools=[{"name": "p", "addresses": ["x", "203.0.113.0/24", "203.0.113.9/24"]}])
+    assert [p for p, _ in problems_of(data)] == ["pools[0].addresses[0]", "pools[0].addresses[2]"]
+
+
+def test_duplicate_peers_are_all_reported() -> None:
+    peer = {"address": "192.0.2.1", "peer_as": 65000}
+    data = with_(MINIMAL, bgp={"local_as": 1, "peers": [peer, peer, peer]})
+    assert problems_of(data) == [
+        ("bgp.peers[1].address", "duplicate of peers[0]"),
+        ("bgp.peers[2].address", "duplicate of peers[0]"),
+    ]
+
+
+def test_ipv6_vip_and_pool_load_with_an_ipv6_peer() -> None:
+    data = with_(
+        MINIMAL,
+        bgp={"local_as": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2, "families": ["ipv4", "ipv6"]}]},
+        vips=[vip("2001:db8::10")],
+        pools=[{"name": "p", "addresses": ["2001:db8:1::/64"]}],
+    )
+    c = load(data)
+    assert cfg.host_prefix(c.vips[0]).prefixlen == 128
+
+
+def test_surrounding_whitespace_is_stripped_not_kept() -> None:
+    """YAML block scalars end in a newline; it must not reach an ExaBGP line or a header."""
+    data = with_(
+        MINIMAL,
+        vips=[vip(interface="eth0\n", communities=["65000:1\n"], checks=[http(headers={"Host": "a\n"})])],
+    )
+    v = load(data).vips[0]
+    assert (v.interface, v.communities) == ("eth0", ("65000:1",))
+    check = v.checks[0]
+    assert isinstance(check, cfg.HttpCheck)
+    assert check.headers == {"Host": "a"}
+
+
+# --------------------------------------------------------------------------- properties
+
+# JSON-like values, the things a YAML document can hold.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**33), 2**33) | st.floats() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def _set(doc: Any, path: tuple[Any, ...], value: Any) -> None:
+    for part in path[:-1]:
+        doc = doc[part]
+    doc[path[-1]] = value
+
+
+def _mappings(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths of the mappings in FULL that are pydantic models (not free-form dicts)."""
+    free_form = {"headers", "service_selector", "node_selector"}
+    out: list[tuple[Any, ...]] = []
+    if isinstance(node, dict):
+        if not prefix or prefix[-1] not in free_form:
+            out.append(prefix)
+        for k, v in node.items():
+            out += _mappings(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _mappings(v, (*prefix, i))
+    return out
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+FULL_PATHS = _paths(FULL)
+FULL_MAPPINGS = _mappings(FULL)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(st.tuples(st.sampled_from(FULL_PATHS), json_values), min_size=1, max_size=3))
+def test_property_load_never_crashes(edits: list[tuple[tuple[Any, ...], Any]]) -> None:
+    """Whatever a field holds, load() returns a Config or raises ConfigError, never anything else;
+    and every loaded kube-apiserver check converts to an HTTP check."""
+    doc = copy.deepcopy(FULL)
+    for path, value in edits:
+        try:
+            _set(doc, path, value)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier edit replaced a parent of this path
+    try:
+        c = load(doc)
+    except ConfigError as e:
+        assert e.problems
+        assert all(isinstance(p, str) and m for p, m in e.problems)
+        return
+    for v in c.vips:
+        for check in v.checks:
+            if isinstance(check, cfg.KubeApiserverCheck):
+                check.as_http()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    where=st.sampled_from(FULL_MAPPINGS),
+    key=st.sampled_from(sorted(cfg._DISCRIMINATORS)) | st.from_regex(r"[a-z][a-z_]{0,10}", fullmatch=True),
+)
+def test_property_unknown_field_is_reported_at_its_path(where: tuple[Any, ...], key: str) -> None:
+    doc = copy.deepcopy(FULL)
+    target: Any = doc
+    for part in where:
+        target = target[part]
+    if key in target:
+        return
+    target[key] = 1
+    expected = f"{_dotted(where)}.{key}" if where else key
+    assert problems_of(doc) == [(expected, "unknown field (check the spelling; see docs/configuration.md)")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(host=st.text(max_size=20), path=st.text(max_size=20))
+def test_property_kube_apiserver_check_that_loads_converts_to_http(host: str, path: str) -> None:
+    doc = with_(MINIMAL, vips=[vip(checks=[{"type": "kube-apiserver", "host": host, "path": "/" + path}])])
+    try:
+        check = load(doc).vips[0].checks[0]
+    except ConfigError as e:
+        assert {p for p, _ in e.problems} <= {"vips[0].checks[0].host", "vips[0].checks[0].path"}
+        return
+    assert isinstance(check, cfg.KubeApiserverCheck)
+    h = check.as_http()
+    assert h.url.startswith("https://")
