@@ -1,0 +1,606 @@
+"""ExaBGP 5 API text: routes to command lines, and the lines ExaBGP writes back to values.
+
+I/O side of the line, but every function here is pure: nothing reads or writes a stream.
+`ExaBgpSession` (session.py) does the I/O with these functions. Facts checked against
+ExaBGP 5.0.15's source and a running instance:
+
+- `announce attributes <attrs> nlri P1 P2 ...` takes the address family from the *last*
+  prefix and applies it to all of them: a mixed IPv4/IPv6 batch announces garbage
+  (198.51.100.1/32 went out as the IPv6 route c633:6401::/32). Batches are one family each.
+  IPv6 batches work with `next-hop self` (`IPSelf` takes the batch's family and is resolved
+  per neighbor from its `local-address`), so there is no per-route fallback.
+- `withdraw attributes nlri P1 P2 ...` exists (`reactor/api/command/announce.py`). A route
+  is keyed by family and prefix only, so a withdrawal needs no attributes and no next hop.
+  Withdrawing an unknown prefix still answers `done`.
+- An `as-path [...]` is sent verbatim: ExaBGP prepends the local AS only when no AS path is
+  given (`Attributes.pack`). `Attributes.as_path` is therefore the whole path.
+- ACKs are the bare words `done` and `error` even with `encoder json`; events are JSON
+  objects with an `"exabgp"` key (json encoder) or `neighbor <ip> up` lines (text encoder,
+  each followed by an empty line).
+- `show adj-rib out extensive` prints one line per route and neighbor, every attribute
+  included, plus the neighbor's `local-ip` and `router-id`, which is what turns the printed
+  next hop back into `self`. Its JSON form prints only prefix and family unless
+  `api.show-routes-format=v2` is set, so the text form is the one parsed here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bgpvip.core.model import Attributes, IPNetwork, Route
+
+DEFAULT_BATCH_SIZE = 1000
+"""Prefixes per `announce attributes` line. Measured with ExaBGP 5.0.15 (reactor.speed 0.1)
+against FRR 8.4: 10,000 /32s in batches of 1,000 were acked within 1.5-2.2 s and all in FRR's
+table 0.2 s later; one route per line manages about 1,000 routes/s."""
+
+MAX_LINE_LENGTH = 256 * 1024
+"""Longest line accepted. ExaBGP drops a helper whose unterminated command passes 1 MiB;
+1,000 IPv6 prefixes take at most 44 KiB."""
+
+ADJ_RIB_OUT_COMMAND = "show adj-rib out extensive"
+
+_MAX_U32 = 4_294_967_295
+_MAX_U16 = 65_535
+
+# ExaBGP's names for well-known communities, spelled as bgpvip's config spells them.
+_WELL_KNOWN_BY_VALUE = {
+    0xFFFFFF01: "no-export",
+    0xFFFFFF02: "no-advertise",
+    0xFFFFFF03: "no-export-subconfed",
+    0xFFFFFF04: "nopeer",
+}
+_WELL_KNOWN_BY_NAME = {name: value for value, name in _WELL_KNOWN_BY_VALUE.items()}
+# ExaBGP prints these for values it knows by name; only the config spelling is ever written.
+_EXABGP_COMMUNITY_NAMES = {**_WELL_KNOWN_BY_NAME, "no-peer": 0xFFFFFF04, "blackhole": 0xFFFF029A}
+
+_LITERAL_COMMANDS = frozenset(
+    {
+        ADJ_RIB_OUT_COMMAND,
+        "clear adj-rib out",
+        "flush adj-rib out",
+        "announce eor",
+        "announce eor ipv4 unicast",
+        "announce eor ipv6 unicast",
+    }
+)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """`done` (ok) or `error` (not ok): the answer to the oldest command still waiting."""
+
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborEvent:
+    peer: str
+    state: Literal["up", "down", "connected"]
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """ExaBGP is stopping; it sends SIGTERM to its helpers 0.1 s later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Eof:
+    """ExaBGP closed the helper's stdin: it has gone away."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    line: str
+
+
+Message = Ack | NeighborEvent | Shutdown | Unknown
+Event = NeighborEvent | Shutdown | Eof
+
+_STATES: dict[str, Literal["up", "down", "connected"]] = {
+    "up": "up",
+    "down": "down",
+    "connected": "connected",
+}
+
+
+# --------------------------------------------------------------------------- attribute values
+
+
+def _u32(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U32:
+        raise ValueError(f"{what} must be an integer 0-{_MAX_U32}, not {value!r}")
+    return value
+
+
+def _number(token: str, what: str, low: int = 0, high: int = _MAX_U32) -> int:
+    # str.isdigit() accepts non-ASCII digits such as '²'; ExaBGP's pipe is ASCII only
+    if not token.isascii() or not token.isdigit() or (len(token) > 1 and token[0] == "0"):
+        raise ValueError(f"{what} {token!r} is not a decimal number")
+    value = int(token)
+    if not low <= value <= high:
+        raise ValueError(f"{what} {token!r} is out of range {low}-{high}")
+    return value
+
+
+def _community_value(text: object) -> int:
+    if not isinstance(text, str):
+        raise ValueError(f"community {text!r} is not a string")
+    known = _EXABGP_COMMUNITY_NAMES.get(text)
+    if known is not None:
+        return known
+    high, sep, low = text.partition(":")
+    if not sep:
+        raise ValueError(f"community {text!r}: use ASN:VALUE (both 0-65535) or a well-known name")
+    return _number(high, "community", 0, _MAX_U16) << 16 | _number(low, "community", 0, _MAX_U16)
+
+
+def _community_text(value: int) -> str:
+    return _WELL_KNOWN_BY_VALUE.get(value) or f"{value >> 16}:{value & 0xFFFF}"
+
+
+def _large_community_value(text: object) -> tuple[int, int, int]:
+    if not isinstance(text, str):
+        raise ValueError(f"large community {text!r} is not a string")
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"large community {text!r}: use A:B:C, each 0-{_MAX_U32}")
+    a, b, c = (_number(p, "large community", 0, _MAX_U32) for p in parts)
+    return a, b, c
+
+
+def canonical_attributes(attributes: Attributes) -> Attributes:
+    """The attributes as ExaBGP stores and prints them: communities sorted by value, without
+    duplicates, well-known ones by name. Raises ValueError for anything ExaBGP would not take.
+
+    Compare routes in this form: what `show adj-rib out` returns is canonical."""
+    med = None if attributes.med is None else _u32(attributes.med, "med")
+    local_preference = (
+        None if attributes.local_preference is None else _u32(attributes.local_preference, "local-preference")
+    )
+    communities = sorted({_community_value(c) for c in attributes.communities})
+    large = sorted({_large_community_value(c) for c in attributes.large_communities})
+    as_path = tuple(_u32(asn, "as-path AS number") for asn in attributes.as_path)
+    if 0 in as_path:
+        raise ValueError("as-path must not contain AS 0 (RFC 7607)")
+    return Attributes(
+        med=med,
+        local_preference=local_preference,
+        communities=tuple(_community_text(c) for c in communities),
+        large_communities=tuple(f"{a}:{b}:{c}" for a, b, c in large),
+        as_path=as_path,
+    )
+
+
+def _canonical_next_hop(next_hop: str, prefix: IPNetwork) -> str:
+    if next_hop == "self":
+        return next_hop
+    try:
+        address = ipaddress.ip_address(next_hop)
+    except ValueError:
+        raise ValueError(f"next hop {next_hop!r} is neither 'self' nor an IP address") from None
+    if address.version != prefix.version:
+        raise ValueError(f"next hop {next_hop} is not of the same family as {prefix}")
+    return str(address)
+
+
+def canonical_route(route: Route) -> Route:
+    """`route` with canonical attributes and next hop (see `canonical_attributes`)."""
+    return Route(
+        prefix=route.prefix,
+        attributes=canonical_attributes(route.attributes),
+        next_hop=_canonical_next_hop(route.next_hop, route.prefix),
+    )
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _attribute_tokens(attributes: Attributes) -> list[str]:
+    tokens: list[str] = []
+    if attributes.med is not None:
+        tokens += ["med", str(attributes.med)]
+    if attributes.local_preference is not None:
+        tokens += ["local-preference", str(attributes.local_preference)]
+    if attributes.communities:
+        tokens += ["community", "[" + " ".join(attributes.communities) + "]"]
+    if attributes.large_communities:
+        tokens += ["large-community", "[" + " ".join(attributes.large_communities) + "]"]
+    if attributes.as_path:
+        tokens += ["as-path", "[" + " ".join(str(asn) for asn in attributes.as_path) + "]"]
+    return tokens
+
+
+def _group_key(route: Route) -> tuple[Any, ...]:
+    a = route.attributes
+    return (
+        route.family,
+        route.next_hop != "self",
+        route.next_hop,
+        a.med is not None,
+        a.med or 0,
+        a.local_preference is not None,
+        a.local_preference or 0,
+        tuple(_community_value(c) for c in a.communities),
+        tuple(_large_community_value(c) for c in a.large_communities),
+        a.as_path,
+    )
+
+
+def _chunks(prefixes: Sequence[IPNetwork], size: int) -> Iterable[Sequence[IPNetwork]]:
+    for start in range(0, len(prefixes), size):
+        yield prefixes[start : start + size]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+
+
+def encode_announce(routes: Iterable[Route], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+    """Validated `announce attributes ... nlri ...` lines: one per family, next hop and
+    attribute set, at most `batch_size` prefixes each, prefixes in ascending order.
+
+    Raises ValueError for a route ExaBGP would not take, or for one prefix given twice with
+    different attributes (ExaBGP would keep whichever came last)."""
+    _check_batch_size(batch_size)
+    by_prefix: dict[IPNetwork, Route] = {}
+    for route in routes:
+        route = canonical_route(route)
+        seen = by_prefix.setdefault(route.prefix, route)
+        if seen != route:
+            raise ValueError(f"{route.prefix} is to be announced twice with different attributes")
+    groups: dict[tuple[Any, ...], list[Route]] = {}
+    for route in by_prefix.values():
+        groups.setdefault(_group_key(route), []).append(route)
+    lines = []
+    for key in sorted(groups):
+        members = groups[key]
+        head = [
+            "announce",
+            "attributes",
+            "next-hop",
+            members[0].next_hop,
+            *_attribute_tokens(members[0].attributes),
+        ]
+        prefixes = sorted(r.prefix for r in members)
+        for chunk in _chunks(prefixes, batch_size):
+            lines.append(validate_line(" ".join([*head, "nlri", *map(str, chunk)])))
+    return lines
+
+
+def encode_withdraw(routes: Iterable[Route], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+    """Validated `withdraw attributes nlri ...` lines, one family per line, prefixes sorted.
+
+    Only the prefix matters: ExaBGP keys its Adj-RIB-Out by family and prefix."""
+    _check_batch_size(batch_size)
+    by_family: dict[int, set[IPNetwork]] = {}
+    for route in routes:
+        by_family.setdefault(route.family, set()).add(route.prefix)
+    lines = []
+    for family in sorted(by_family):
+        prefixes = sorted(by_family[family])
+        for chunk in _chunks(prefixes, batch_size):
+            lines.append(validate_line(" ".join(["withdraw", "attributes", "nlri", *map(str, chunk)])))
+    return lines
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Tokens:
+    def __init__(self, line: str):
+        # the same bracket spacing ExaBGP's `formated()` applies before it tokenises
+        self.items = line.replace("[", "[ ").replace("]", " ]").split()
+        self.pos = 0
+
+    def peek(self) -> str | None:
+        return self.items[self.pos] if self.pos < len(self.items) else None
+
+    def take(self) -> str:
+        token = self.peek()
+        if token is None:
+            raise ValueError("line ends too early")
+        self.pos += 1
+        return token
+
+    def expect(self, word: str) -> None:
+        token = self.take()
+        if token != word:
+            raise ValueError(f"expected {word!r}, found {token!r}")
+
+    def bracketed(self, what: str) -> list[str]:
+        self.expect("[")
+        values = []
+        while (token := self.take()) != "]":
+            values.append(token)
+        if not values:
+            raise ValueError(f"empty {what} list")
+        return values
+
+
+def _host_prefix(token: str) -> IPNetwork:
+    try:
+        network = ipaddress.ip_network(token, strict=True)
+    except ValueError:
+        raise ValueError(f"{token!r} is not a prefix") from None
+    if str(network) != token or "/" not in token:
+        raise ValueError(f"{token!r} is not written canonically as address/length")
+    if network.prefixlen != network.max_prefixlen:
+        raise ValueError(f"{token} is not a host route (/32 or /128)")
+    return network
+
+
+def _check_prefixes(tokens: _Tokens) -> None:
+    prefixes = []
+    while tokens.peek() is not None:
+        prefixes.append(_host_prefix(tokens.take()))
+    if not prefixes:
+        raise ValueError("no prefix after 'nlri'")
+    if len({p.version for p in prefixes}) != 1:
+        raise ValueError("IPv4 and IPv6 prefixes mixed on one line (ExaBGP would corrupt them)")
+    if len(set(prefixes)) != len(prefixes):
+        raise ValueError("a prefix appears twice on one line")
+
+
+def _check_announce(tokens: _Tokens) -> None:
+    tokens.expect("next-hop")
+    next_hop = tokens.take()
+    if next_hop != "self":
+        try:
+            address = ipaddress.ip_address(next_hop)
+        except ValueError:
+            raise ValueError(f"next hop {next_hop!r} is neither 'self' nor an IP address") from None
+        if str(address) != next_hop:
+            raise ValueError(f"next hop {next_hop!r} is not written canonically")
+    order = ["med", "local-preference", "community", "large-community", "as-path"]
+    while (word := tokens.take()) != "nlri":
+        if word not in order:
+            raise ValueError(f"unknown or repeated attribute {word!r}")
+        order = order[order.index(word) + 1 :]
+        if word in ("med", "local-preference"):
+            _number(tokens.take(), word)
+        elif word == "community":
+            for c in tokens.bracketed(word):
+                _community_value(c)
+        elif word == "large-community":
+            for c in tokens.bracketed(word):
+                _large_community_value(c)
+        else:
+            for asn in tokens.bracketed(word):
+                _number(asn, "AS number", 1)
+    _check_prefixes(tokens)
+    if (
+        next_hop != "self"
+        and ipaddress.ip_address(next_hop).version != _host_prefix(tokens.items[-1]).version
+    ):
+        raise ValueError(f"next hop {next_hop} is not of the prefixes' family")
+
+
+def validate_line(line: str) -> str:
+    """Return `line` if it is one well-formed command bgpvip may send; raise ValueError if not.
+
+    One line of printable ASCII, single spaces, and only the grammar bgpvip emits:
+    `announce attributes next-hop ... nlri ...`, `withdraw attributes nlri ...`, and a few
+    fixed commands (`show adj-rib out extensive`, `clear adj-rib out`, `flush adj-rib out`,
+    `announce eor [ipv4|ipv6 unicast]`)."""
+    if not isinstance(line, str):
+        raise ValueError(f"a command must be a str, not {type(line).__name__}")
+    if not line or len(line) > MAX_LINE_LENGTH:
+        raise ValueError(f"a command must be 1-{MAX_LINE_LENGTH} characters long")
+    if not all(" " <= c <= "~" for c in line):
+        raise ValueError(f"command contains a control or non-ASCII character: {line[:80]!r}")
+    if line != line.strip() or "  " in line:
+        raise ValueError(f"command has stray spaces: {line[:80]!r}")
+    if line in _LITERAL_COMMANDS:
+        return line
+    tokens = _Tokens(line)
+    try:
+        verb = tokens.take()
+        tokens.expect("attributes")
+        if verb == "announce":
+            _check_announce(tokens)
+        elif verb == "withdraw":
+            tokens.expect("nlri")
+            _check_prefixes(tokens)
+        else:
+            raise ValueError(f"unknown command {verb!r}")
+    except ValueError as e:
+        raise ValueError(f"{e}: {line[:120]!r}") from None
+    return line
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _json_message(line: str) -> Message:
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        return Unknown(line)
+    if not isinstance(data, dict):
+        return Unknown(line)
+    answer = data.get("answer")
+    if answer in ("done", "error"):
+        return Ack(answer == "done")
+    if answer == "shutdown":
+        return Shutdown()
+    if "exabgp" not in data:
+        return Unknown(line)
+    kind = data.get("type")
+    if kind == "notification" and data.get("notification") == "shutdown":
+        return Shutdown()
+    if kind != "state":
+        return Unknown(line)
+    neighbor = data.get("neighbor")
+    if not isinstance(neighbor, dict):
+        return Unknown(line)
+    address = neighbor.get("address")
+    peer = address.get("peer") if isinstance(address, dict) else None
+    state = _STATES.get(str(neighbor.get("state")))
+    reason = neighbor.get("reason", "")
+    if not isinstance(peer, str) or state is None or not isinstance(reason, str):
+        return Unknown(line)
+    return NeighborEvent(peer=peer, state=state, reason=reason)
+
+
+def _text_message(line: str) -> Message:
+    words = line.split(" ")
+    if words[0] == "shutdown" and len(words) <= 3 and all(w.isascii() and w.isdigit() for w in words[1:]):
+        return Shutdown()
+    if len(words) < 3 or words[0] != "neighbor":
+        return Unknown(line)
+    state = _STATES.get(words[2])
+    try:
+        ipaddress.ip_address(words[1])
+    except ValueError:
+        return Unknown(line)
+    if state in ("up", "connected") and len(words) == 3:
+        return NeighborEvent(peer=words[1], state=state)
+    if state == "down":
+        reason = " ".join(words[3:])
+        return NeighborEvent(
+            peer=words[1], state=state, reason=reason[2:] if reason.startswith("- ") else reason
+        )
+    return Unknown(line)
+
+
+def parse_line(line: str) -> Message:
+    """Classify one line ExaBGP wrote to the helper's stdin. Never raises."""
+    try:
+        text = line.strip()
+        if text == "done":
+            return Ack(True)
+        if text == "error":
+            return Ack(False)
+        if text.startswith("{"):
+            return _json_message(text)
+        return _text_message(text)
+    except Exception:  # the contract is "never raises": a bug here must not stop the reader
+        return Unknown(line)
+
+
+def is_api_event(line: str) -> bool:
+    """True for a JSON message from ExaBGP's encoder (it carries an `"exabgp"` key): such a
+    line is an event even when it arrives in the middle of a command's output."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return False
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "exabgp" in data
+
+
+# --------------------------------------------------------------------------- show adj-rib out
+
+_RIB_LINE = re.compile(
+    r"neighbor (?P<peer>\S+) local-ip (?P<local>\S+) local-as \S+ peer-as \S+ router-id (?P<rid>\S+)"
+    r" family-allowed \S+ (?P<afi>ipv4|ipv6) unicast (?P<prefix>\S+) next-hop (?P<nh>\S+)(?P<rest>.*)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AdjRibOut:
+    routes: frozenset[Route]
+    ignored: tuple[str, ...]
+    """Lines that are not a route bgpvip can represent (other families, other attributes)."""
+
+
+def _list(tokens: _Tokens, what: str) -> list[str]:
+    if tokens.peek() == "[":
+        return tokens.bracketed(what)
+    return [tokens.take()]
+
+
+def _as_path(tokens: _Tokens) -> tuple[int, ...]:
+    # ExaBGP prints an AS_SEQUENCE as "( ... )" and an AS_SET as "[ ... ]"
+    tokens.expect("(")
+    path = []
+    while (token := tokens.take()) != ")":
+        path.append(_number(token, "AS number", 1))
+    if tokens.peek() in ("(", "["):
+        raise ValueError("AS path with several segments")
+    return tuple(path)
+
+
+def _rib_attributes(rest: str) -> Attributes:
+    tokens = _Tokens(rest.replace("(", " ( ").replace(")", " ) "))
+    med = local_preference = None
+    communities: list[str] = []
+    large: list[str] = []
+    as_path: tuple[int, ...] = ()
+    while (word := tokens.peek()) is not None:
+        tokens.take()
+        if word == "origin":
+            if tokens.take() != "igp":
+                raise ValueError("origin other than igp")
+        elif word == "as-path":
+            as_path = _as_path(tokens)
+        elif word == "med":
+            med = _number(tokens.take(), "med")
+        elif word == "local-preference":
+            local_preference = _number(tokens.take(), "local-preference")
+        elif word == "community":
+            communities = _list(tokens, "community")
+        elif word == "large-community":
+            large = _list(tokens, "large-community")
+        else:
+            raise ValueError(f"attribute {word!r}")
+    return canonical_attributes(
+        Attributes(
+            med=med,
+            local_preference=local_preference,
+            communities=tuple(communities),
+            large_communities=tuple(large),
+            as_path=as_path,
+        )
+    )
+
+
+def _rib_route(line: str) -> Route:
+    match = _RIB_LINE.fullmatch(line)
+    if match is None:
+        raise ValueError("not an extensive ipv4/ipv6 unicast line")
+    prefix = _host_prefix(match["prefix"])
+    if prefix.version != (4 if match["afi"] == "ipv4" else 6):
+        raise ValueError("prefix of the wrong family")
+    next_hop = str(ipaddress.ip_address(match["nh"]))
+    if next_hop == match["local"] or (
+        prefix.version == 4 and ":" in match["local"] and next_hop == match["rid"]
+    ):
+        # what `next-hop self` resolves to: the local address, or the router id for an IPv4
+        # route on an IPv6 session (bgp/neighbor.py ip_self)
+        next_hop = "self"
+    return Route(prefix=prefix, attributes=_rib_attributes(match["rest"]), next_hop=next_hop)
+
+
+def parse_adj_rib_out_detailed(lines: Iterable[str]) -> AdjRibOut:
+    """Routes in the output of `show adj-rib out extensive`, one per prefix and attribute set
+    (a route sent to several neighbors appears once), and the lines that were not routes."""
+    routes: set[Route] = set()
+    ignored: list[str] = []
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            routes.add(_rib_route(line))
+        except ValueError:
+            ignored.append(line)
+    return AdjRibOut(routes=frozenset(routes), ignored=tuple(ignored))
+
+
+def parse_adj_rib_out(lines: Iterable[str]) -> set[Route]:
+    """The routes of `parse_adj_rib_out_detailed`, as a set."""
+    return set(parse_adj_rib_out_detailed(lines).routes)
