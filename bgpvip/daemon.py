@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -201,6 +202,7 @@ class Speaker:
             RoutesViaExaBgp(session),
             addresses,
             observer=board,
+            canonical=functools.lru_cache(maxsize=1 << 16)(exa.canonical_route),
         )
         if stopping:
             # `bgpvip run` is stopping ExaBGP and a respawned helper must not announce again.
@@ -267,7 +269,7 @@ class Speaker:
         parent = asyncio.create_task(session.wait_parent_gone())
         try:
             while True:
-                get = asyncio.create_task(session.events.get())
+                get = asyncio.create_task(session.event_queue.get())
                 done, _ = await asyncio.wait({get, parent}, return_when=asyncio.FIRST_COMPLETED)
                 if parent in done:
                     get.cancel()

@@ -44,8 +44,8 @@ class RoutePort(Protocol):
 
 
 class AddressPort(Protocol):
-    def add(self, ifname: str, address: IPInterface) -> None: ...
-    def remove(self, ifname: str, address: IPInterface) -> None: ...
+    def add(self, ifname: str, address: IPInterface, /) -> object: ...
+    def remove(self, ifname: str, address: IPInterface, /) -> object: ...
     def owned(self) -> set[tuple[str, IPInterface]]: ...
 
 
@@ -172,6 +172,7 @@ class Reconciler:
         *,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        canonical: Callable[[Route], Route] | None = None,
     ):
         self.world = world
         self.applied = applied
@@ -180,6 +181,9 @@ class Reconciler:
         self._addresses = addresses
         self._observer: Observer = observer or NullObserver()
         self._clock = clock
+        # Routes as the route adapter reports them back (ExaBGP sorts communities, ...), so
+        # that what we want and what it says it has compare equal.
+        self._canonical = canonical
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self._backoff = Backoff()
         self._retry: asyncio.TimerHandle | None = None
@@ -295,9 +299,7 @@ class Reconciler:
         started = self._clock()
         if resync:
             await self._refresh_applied()
-        w = self.world
-        desired = compute(w.config, w.health, w.node, w.services)
-        self.desired = desired
+        desired = self._compute()
         actions = plan.diff(desired, self.applied)
         if resync and desired.routes:
             # Level-triggered: re-assert every wanted route. ExaBGP drops identical repeats
@@ -312,6 +314,14 @@ class Reconciler:
             self._backoff.reset()
         else:
             self._schedule_retry()
+
+    def _compute(self) -> Desired:
+        w = self.world
+        desired = compute(w.config, w.health, w.node, w.services)
+        if self._canonical is not None:
+            desired = replace(desired, routes=frozenset(map(self._canonical, desired.routes)))
+        self.desired = desired
+        return desired
 
     async def _execute(self, actions: Iterable[Action]) -> bool:
         for action in actions:
@@ -383,8 +393,7 @@ class Reconciler:
     async def _stop_sequence(self) -> None:
         """Withdraw everything, give routers time to converge, then drop the addresses."""
         w = self.world
-        desired = compute(w.config, w.health, w.node, w.services)
-        self.desired = desired
+        desired = self._compute()
         actions = plan.diff(desired, self.applied)
         withdraws = [a for a in actions if isinstance(a, Withdraw)]
         rest = [a for a in actions if not isinstance(a, Withdraw | Announce)]

@@ -208,6 +208,7 @@ class TcpCheck(_CheckTiming):
     host: str = "127.0.0.1"
     """Host to connect to. Default loopback: the service on this host."""
     port: int = Field(ge=1, le=65535)
+    """TCP port of the service."""
 
 
 class ExecCheck(_CheckTiming):
@@ -273,6 +274,23 @@ class PeerConfig(_Model):
         if len(set(v)) != len(v):
             raise ValueError("lists a family twice")
         return v
+
+    @field_validator("hold_time")
+    @classmethod
+    def _hold(cls, v: int) -> int:
+        if v in (1, 2):
+            raise ValueError("must be 0 (no keepalives) or at least 3 (RFC 4271)")
+        return v
+
+    @model_validator(mode="after")
+    def _ipv6_needs_ipv6_session(self) -> PeerConfig:
+        if "ipv6" in self.families and self.address.version == 4:
+            raise _FieldError(
+                "families",
+                "ipv6 needs a peer with an IPv6 address: ExaBGP cannot derive an IPv6 next hop "
+                "from an IPv4 session; add a second peer entry for the router's IPv6 address",
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -619,6 +637,19 @@ class Config(_Model):
                         _FieldError(
                             f"vips[{i}].address",
                             f"lies in pool {pool.name!r}; VIPs and pools must not overlap",
+                        )
+                    )
+        prepends = self.priority_attribute == "as-path" or any(
+            v.as_path_prepend for v in (*self.vips, *self.pools)
+        )
+        if prepends:
+            for i, peer in enumerate(self.bgp.peers):
+                if peer.local_as not in (None, self.bgp.local_as):
+                    problems.append(
+                        _FieldError(
+                            f"bgp.peers[{i}].local_as",
+                            "differs from bgp.local_as, but AS-path prepending (as_path_prepend or "
+                            "priority_attribute: as-path) prepends bgp.local_as to every peer",
                         )
                     )
         if self.bgp.router_id is None:

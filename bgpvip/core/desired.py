@@ -44,7 +44,9 @@ def vip_attributes(config: Config, vip: VipConfig, local_as: int) -> Attributes:
         local_preference=vip.local_preference,
         communities=tuple(vip.communities),
         large_communities=tuple(vip.large_communities),
-        as_path=(local_as,) * prepend,
+        # ExaBGP sends an explicit as-path verbatim (it adds the local AS only when no path
+        # is given), so N prepends means the local AS N+1 times.
+        as_path=(local_as,) * (prepend + 1) if prepend else (),
     )
 
 

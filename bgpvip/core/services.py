@@ -14,7 +14,6 @@ entries) and the tuple of shards, and shares everything else with the previous s
 from __future__ import annotations
 
 import enum
-import functools
 import ipaddress
 import zlib
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
@@ -454,6 +453,11 @@ def pool_attributes(config: Config, pool: PoolConfig) -> Attributes:
     )
 
 
+def pool_label_keys(config: Config) -> frozenset[str]:
+    """The Service labels any pool's `service_selector` looks at: all the views need to keep."""
+    return frozenset(k for pool in config.pools for k in pool.service_selector)
+
+
 def _pools(config: Config) -> _Pools:
     blocks = tuple(
         (lo.version, int(lo), int(hi), i) for i, pool in enumerate(config.pools) for lo, hi in pool.ranges
@@ -477,10 +481,8 @@ class _Parsed:
     sort_key: tuple[int, int] = (0, 0)
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _parse(text: str) -> _Parsed:
-    """Parse a Service's address text once per distinct text (parsing dominates the decision
-    time at 10,000 Services). Scoped and special-purpose addresses are refused."""
+    """Parse a Service's address text. Scoped and special-purpose addresses are refused."""
     if not isinstance(text, str) or len(text) > 45 or "%" in text:
         return _Parsed(None, "is not an IP address")
     try:
@@ -492,7 +494,6 @@ def _parse(text: str) -> _Parsed:
     return _Parsed(addr, "", str(addr), (addr.version, int(addr)))
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _prefix(address: IPAddress) -> IPNetwork:
     # From the integer: ip_network((address, n)) would print and re-parse the address.
     if address.version == 4:

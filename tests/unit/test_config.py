@@ -32,12 +32,12 @@ FULL: dict[str, Any] = {
                 "address": "192.0.2.1",
                 "peer_as": 65000,
                 "name": "frr-a",
-                "local_as": 65101,
+                "local_as": 65100,
                 "local_address": "192.0.2.10",
                 "hold_time": 30,
                 "password_file": "/etc/bgpvip/frr-a.password",
                 "multihop_ttl": 2,
-                "families": ["ipv4", "ipv6"],
+                "families": ["ipv4"],
                 "passive": True,
                 "graceful_restart": 120,
                 "port": 1179,
@@ -312,14 +312,14 @@ def test_full_config_loads_every_field() -> None:
     p = c.bgp.peers[0]
     assert (p.label, p.local_as, p.local_address, p.hold_time) == (
         "frr-a",
-        65101,
+        65100,
         IPv4Address("192.0.2.10"),
         30,
     )
     assert (p.password_file, p.multihop_ttl, p.families) == (
         Path("/etc/bgpvip/frr-a.password"),
         2,
-        ("ipv4", "ipv6"),
+        ("ipv4",),
     )
     assert (p.passive, p.graceful_restart, p.port) == (True, 120, 1179)
     assert c.bgp.peers[1].label == "2001:db8::1"
@@ -413,7 +413,9 @@ def test_parse_address_block(block: str, first: str, last: str) -> None:
 
 # --------------------------------------------------------------------------- errors
 
-V6 = {"bgp": {"local_as": 65001, "peers": [{"address": "192.0.2.1", "peer_as": 65000, "families": ["ipv6"]}]}}
+V6 = {
+    "bgp": {"local_as": 65001, "peers": [{"address": "2001:db8::1", "peer_as": 65000, "families": ["ipv6"]}]}
+}
 POOL = {"name": "p", "addresses": ["203.0.113.0/24"]}
 
 DROP = object()  # marks a top-level key to delete from MINIMAL
@@ -634,7 +636,13 @@ def test_duplicate_peers_are_all_reported() -> None:
 def test_ipv6_vip_and_pool_load_with_an_ipv6_peer() -> None:
     data = with_(
         MINIMAL,
-        bgp={"local_as": 1, "peers": [{"address": "192.0.2.1", "peer_as": 2, "families": ["ipv4", "ipv6"]}]},
+        bgp={
+            "local_as": 1,
+            "peers": [
+                {"address": "192.0.2.1", "peer_as": 2},
+                {"address": "2001:db8::1", "peer_as": 2, "families": ["ipv6"]},
+            ],
+        },
         vips=[vip("2001:db8::10")],
         pools=[{"name": "p", "addresses": ["2001:db8:1::/64"]}],
     )
@@ -762,3 +770,26 @@ def test_property_kube_apiserver_check_that_loads_converts_to_http(host: str, pa
     assert isinstance(check, cfg.KubeApiserverCheck)
     h = check.as_http()
     assert h.url.startswith("https://")
+
+
+def _peer_doc(**peer: Any) -> dict[str, Any]:
+    return {"bgp": {"local_as": 65100, "peers": [{"address": "10.0.1.1", "peer_as": 65000, **peer}]}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "words"),
+    [
+        (_peer_doc(hold_time=2), "bgp.peers[0].hold_time", "at least 3"),
+        (_peer_doc(families=["ipv4", "ipv6"]), "bgp.peers[0].families", "IPv6 address"),
+        (
+            {**_peer_doc(local_as=65101), "vips": [{"address": "198.51.100.1", "as_path_prepend": 1}]},
+            "bgp.peers[0].local_as",
+            "prepend",
+        ),
+    ],
+    ids=["hold-time-2", "ipv6-family-on-ipv4-session", "prepend-with-per-peer-local-as"],
+)
+def test_peer_constraints_exabgp_needs(doc: dict[str, Any], path: str, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(doc)
+    assert any(p == path and words in m for p, m in e.value.problems), e.value.problems

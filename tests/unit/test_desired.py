@@ -17,7 +17,10 @@ from bgpvip.core.health import Health, State
 from bgpvip.core.model import Attributes, Decision, Desired, ProbeResult, Reason, Route
 
 LOCAL_AS = 65001
-PEERS = [{"address": "192.0.2.1", "peer_as": 65000, "families": ["ipv4", "ipv6"]}]
+PEERS = [
+    {"address": "192.0.2.1", "peer_as": 65000},
+    {"address": "2001:db8::1", "peer_as": 65000, "families": ["ipv6"]},
+]
 VIP = "198.51.100.1"
 
 
@@ -175,7 +178,8 @@ PRIORITIES = [
 def test_priority(top: dict[str, Any], overrides: dict[str, Any], med: int | None, prepends: int) -> None:
     (route,) = compute(make_config(vip(**overrides), **top), {}, NodeState()).routes
     assert route.attributes.med == med
-    assert route.attributes.as_path == (LOCAL_AS,) * prepends
+    # the path ExaBGP sends verbatim: the local AS once, plus one copy per prepend
+    assert route.attributes.as_path == ((LOCAL_AS,) * (prepends + 1) if prepends else ())
 
 
 def test_attributes_are_carried() -> None:
