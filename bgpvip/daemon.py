@@ -181,7 +181,7 @@ class Speaker:
         except Exception as e:
             log.warning(logs.kv("adj-rib-out-failed", error=e))
             existing = set()
-        addresses = netlink.AddressManager()
+        addresses = netlink.AddressManager(state_dir=config.runtime_dir)
         try:
             owned = addresses.owned()
         except Exception as e:
@@ -224,7 +224,7 @@ class Speaker:
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda s=sig: rec.post(StopRequested(signal.Signals(s).name)))
+            loop.add_signal_handler(sig, rec.post, StopRequested(sig.name))
         reload_now = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)
 
