@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from bgpvip import logs
 from bgpvip.adapters import exabgp as exa
@@ -337,15 +337,21 @@ class Speaker:
             probe_mgr.update(config)
 
 
-def speaker_main(config_path: str | os.PathLike[str]) -> int:
+def speaker_main(config_path: str | os.PathLike[str]) -> NoReturn:
     """Entry point of `bgpvip speaker`: ExaBGP's API process. stdout belongs to ExaBGP."""
     logs.setup(os.environ.get("BGPVIP_LOG_LEVEL", "INFO"))
     speaker = Speaker(Path(config_path), stdin=sys.stdin.buffer, stdout=sys.stdout.buffer)
     try:
-        return asyncio.run(speaker.run())
+        code = asyncio.run(speaker.run())
     except KeyboardInterrupt:
-        return 0
+        code = 0
     except Exception:
         log.exception(logs.kv("crash", pause=CRASH_PAUSE))
         time.sleep(CRASH_PAUSE)
-        return 1
+        code = 1
+    # The stdin reader thread is blocked in readline() holding the buffer's lock; a normal
+    # interpreter shutdown would abort on it ("could not acquire lock for <stdin>").
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)

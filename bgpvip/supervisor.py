@@ -101,13 +101,14 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Running, and not a zombie: the speaker is ExaBGP's child, not ours, so after it exits
+    it stays a zombie until ExaBGP reaps it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state not in (b"Z", b"X")
 
 
 class Supervisor:
@@ -117,6 +118,7 @@ class Supervisor:
         self.runtime = config.runtime_dir
         self.env = dict(env if env is not None else os.environ)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stop_requested = False
         self._stopping = False
 
     def prepare(self) -> list[str]:
@@ -139,9 +141,23 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        code = self.proc.wait()
-        while code is None:  # pragma: no cover - wait() returns an int
-            code = self.proc.wait()
+        # Signal handlers only set flags: waiting inside a handler while the main thread sits
+        # in Popen.wait() would stall on the wait lock.
+        kill_at: float | None = None
+        while True:
+            try:
+                code = self.proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self._stop_requested and not self._stopping:
+                self._stopping = True
+                self._stop_in_order()
+                kill_at = time.monotonic() + 15.0
+            if kill_at is not None and time.monotonic() > kill_at:
+                log.warning(logs.kv("exabgp-kill", pid=self.proc.pid))
+                self.proc.kill()
+                kill_at = None
         (self.runtime / STOP_MARKER).unlink(missing_ok=True)
         if self._stopping:
             log.info(logs.kv("stopped", exabgp_exit=code))
@@ -155,23 +171,25 @@ class Supervisor:
             os.kill(pid, signal.SIGHUP)
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        log.info(logs.kv("stop", signal=signal.Signals(signum).name))
+        if not self._stop_requested:
+            log.info(logs.kv("stop", signal=signal.Signals(signum).name))
+        self._stop_requested = True
+
+    def _stop_in_order(self) -> None:
+        """Speaker first (withdraw, wait, remove addresses), then ExaBGP."""
         (self.runtime / STOP_MARKER).touch()
-        pid = _read_pid(self.runtime / PID_FILE)
+        pidfile = self.runtime / PID_FILE
+        pid = _read_pid(pidfile)
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + self.config.shutdown_delay + 15.0
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        if self.proc is not None and self.proc.poll() is None:
+            # The speaker removes its pid file as the last thing it does.
+            while pidfile.exists() and _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            log.info(logs.kv("exabgp-stop", pid=self.proc.pid))
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def run_main(config_path: Path) -> int:

@@ -1468,8 +1468,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_wait.add_argument("--timeout", type=float, default=10.0)
     p_wait.add_argument("--nexthop", action="append", dest="nexthops", help="expected gateway (repeatable)")
     sub.add_parser("logs", help="router logs, BGP state and registered logs")
-    sub.add_parser(
-        "demo", help="up, announce a VIP from n1 with real ExaBGP, fetch it from client, withdraw, down"
+    p_demo = sub.add_parser(
+        "demo",
+        help="up; bgpvip on n1-n3 announces a VIP (ECMP at r1), the client fetches it, n1 fails over; down",
+    )
+    p_demo.add_argument(
+        "--minimal", action="store_true", help="use a minimal ExaBGP API script instead of bgpvip"
     )
     args = parser.parse_args(argv)
 
@@ -1511,7 +1515,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "logs":
         print(lab.logs())
     elif args.command == "demo":
-        demo(lab)
+        if args.minimal:
+            demo(lab)
+        else:
+            import bgpvip_lab  # the real speaker; lives next to this file
+
+            bgpvip_lab.demo(lab)
     return 0
 
 

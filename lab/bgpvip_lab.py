@@ -1,0 +1,239 @@
+"""The real bgpvip speaker in the lab: per-node configs, start/stop, health switches, the demo.
+
+Used by `lab/nslab.py demo`, by tests/lab and by the benchmarks. Each node gets its own
+work directory under the lab's state dir (config, runtime dir, drain file, health file), so
+three speakers on one machine never share a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from nslab import HELPERS_DIR, Lab
+
+REPO = Path(__file__).resolve().parent.parent
+HEALTH_PORT = 8080
+
+
+def node_workdir(lab: Lab, node: str) -> Path:
+    d = lab.state_dir / "bgpvip" / node
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def node_config(lab: Lab, node: str, vips: Sequence[dict[str, Any]], **over: Any) -> dict[str, Any]:
+    """A bgpvip config for `node` peering with the lab router over IPv4."""
+    work = node_workdir(lab, node)
+    topo = lab.topology
+    peer_node = lab.peer_node(node)
+    config: dict[str, Any] = {
+        "node_name": node,
+        "bgp": {
+            "local_as": topo.nodes[node].asn or 65100,
+            "peers": [
+                {
+                    "name": peer_node,
+                    "address": lab.peer_ip(node, 4),
+                    "peer_as": topo.nodes[peer_node].asn or 65000,
+                    "local_address": lab.node_ip(node, 4),
+                    "hold_time": 3,
+                }
+            ],
+        },
+        "vips": list(vips),
+        "runtime_dir": str(work / "run"),
+        "drain_file": str(work / "drain"),
+        "shutdown_delay": 1.0,
+    }
+    config.update(over)
+    return config
+
+
+def http_vip(address: str, *, port: int = HEALTH_PORT, name: str = "web", **check: Any) -> dict[str, Any]:
+    """A VIP whose check is the node's own lab health server (`/healthz`)."""
+    return {
+        "name": name,
+        "address": address,
+        "interface": "lo",
+        "checks": [{"type": "http", "url": f"http://127.0.0.1:{port}/healthz", **check}],
+    }
+
+
+@dataclass
+class Speaker:
+    """bgpvip (`bgpvip run`: ExaBGP + the speaker) running in one lab node."""
+
+    lab: Lab
+    node: str
+    config_path: Path
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    health_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.health_file = self.workdir / "unhealthy"
+
+    def bgpvip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.lab.exec(
+            self.node, [sys.executable, "-m", "bgpvip", *args, "--config", str(self.config_path)], check=check
+        )
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.bgpvip("routes", "-o", "json").stdout)
+        return data
+
+    def routes_table(self) -> str:
+        return self.bgpvip("routes").stdout
+
+    def wait_status(self, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.bgpvip("routes", "-o", "json", check=False)
+            if result.returncode == 0:
+                data: dict[str, Any] = json.loads(result.stdout)
+                return data
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise TimeoutError(f"{self.node}: status endpoint not answering: {result.stderr.strip()}")
+            time.sleep(0.1)
+
+    def drain(self) -> None:
+        self.bgpvip("drain")
+
+    def undrain(self) -> None:
+        self.bgpvip("undrain")
+
+    def set_healthy(self, healthy: bool) -> None:
+        if healthy:
+            self.health_file.unlink(missing_ok=True)
+        else:
+            self.health_file.touch()
+
+    def withdraw(self) -> None:
+        """What the demo calls: make this node's service unhealthy."""
+        self.set_healthy(False)
+
+    def speaker_pid(self) -> int | None:
+        try:
+            return int((self.workdir / "run" / "speaker.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM to `bgpvip run`, as systemd or the kubelet would send it."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+def start_health_server(
+    lab: Lab, node: str, *, port: int = HEALTH_PORT, slow_every: int = 0, name: str = "namesrv"
+) -> subprocess.Popen[bytes]:
+    work = node_workdir(lab, node)
+    argv = [
+        sys.executable,
+        str(HELPERS_DIR / "namesrv.py"),
+        "--name",
+        node,
+        "--port",
+        str(port),
+        "--health-file",
+        str(work / "unhealthy"),
+    ]
+    if slow_every:
+        argv += ["--slow-every", str(slow_every)]
+    proc = lab.popen(node, argv, name=name)
+    lab.wait_tcp(node, "127.0.0.1", port, timeout=10)
+    return proc
+
+
+def start_speaker(lab: Lab, node: str, config: dict[str, Any], *, name: str = "bgpvip") -> Speaker:
+    work = node_workdir(lab, node)
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {"BGPVIP_LOG_LEVEL": os.environ.get("BGPVIP_LOG_LEVEL", "INFO"), "PYTHONUNBUFFERED": "1"}
+    log = lab.log_dir / f"{node}-{name}.log"
+    proc = lab.popen(
+        node, [sys.executable, "-m", "bgpvip", "run", "--config", str(path)], log_path=log, name=name, env=env
+    )
+    lab.register_log(f"{node} bgpvip", log)
+    return Speaker(lab, node, path, proc, work)
+
+
+def start_demo_speaker(lab: Lab, node: str, vips: Sequence[str]) -> Speaker:
+    """The shape nslab's demo expects: (lab, node, vips) -> object with .process and .withdraw()."""
+    addresses = [v.split("/")[0] for v in vips]
+    config = node_config(lab, node, [http_vip(a, name=f"vip{i}") for i, a in enumerate(addresses)])
+    return start_speaker(lab, node, config)
+
+
+def demo(lab: Lab, *, vip: str = "198.51.100.10", out: Callable[[str], None] = print) -> None:
+    """Three nodes announce one VIP (ECMP at r1); n1's service fails and its route goes;
+    the client keeps being served; n1 recovers; then every speaker stops in order."""
+    prefix = f"{vip}/32"
+    nodes = ["n1", "n2", "n3"]
+    t0 = time.monotonic()
+    lab.up()
+    speakers: list[Speaker] = []
+    try:
+        out(f"== lab {lab.prefix} up in {time.monotonic() - t0:.1f}s: FRR router r1, nodes n1-n3, client")
+        for node in nodes:
+            start_health_server(lab, node)
+            speakers.append(start_speaker(lab, node, node_config(lab, node, [http_vip(vip, name="web")])))
+        hops = [lab.node_ip(n, 4) for n in nodes]
+        waited = lab.wait_prefix(prefix, nexthops=hops, timeout=60)
+        out(
+            f"== bgpvip on n1, n2, n3 announced {prefix}; r1 installed it with 3 next hops after {waited:.1f}s"
+        )
+        out(lab.vtysh(f"show bgp ipv4 unicast {prefix}").rstrip())
+        out(f"r1 kernel: {_route_text(lab, prefix)}")
+        out("\n== bgpvip routes on n1:")
+        out(speakers[0].routes_table().rstrip())
+        answers = sorted({lab.http_get("client", vip, HEALTH_PORT).strip() for _ in range(12)})
+        out(f"\n== client -> http://{vip}:{HEALTH_PORT}/ answered by: {', '.join(answers)}")
+
+        out("\n== n1's service fails its health check")
+        t_fail = time.monotonic()
+        speakers[0].set_healthy(False)
+        lab.wait_prefix(prefix, nexthops=hops[1:], timeout=30)
+        out(f"r1 dropped n1 after {time.monotonic() - t_fail:.3f}s: {_route_text(lab, prefix)}")
+        status = speakers[0].status()
+        d = status["decisions"][0]
+        out(f"n1 says: announced={d['announced']} reason={d['reason']} ({d['detail']})")
+        answers = sorted({lab.http_get("client", vip, HEALTH_PORT).strip() for _ in range(12)})
+        out(f"client still served, by: {', '.join(answers)}")
+
+        out("\n== n1 recovers")
+        t_ok = time.monotonic()
+        speakers[0].set_healthy(True)
+        lab.wait_prefix(prefix, nexthops=hops, timeout=30)
+        out(f"r1 has n1 back after {time.monotonic() - t_ok:.3f}s: {_route_text(lab, prefix)}")
+
+        out("\n== stopping every speaker (SIGTERM: withdraw, wait, remove address, stop ExaBGP)")
+        for sp in speakers:
+            sp.stop()
+        lab.wait_prefix(prefix, present=False, timeout=30)
+        out(f"{prefix} is gone from r1: {_route_text(lab, prefix)}")
+    except BaseException:
+        out(lab.logs())
+        raise
+    finally:
+        lab.down()
+        out(f"== lab {lab.prefix} down")
+
+
+def _route_text(lab: Lab, prefix: str) -> str:
+    route = lab.route(prefix)
+    if not route:
+        return "no route"
+    hops = [h.get("gateway", "?") for h in route.get("nexthops", [])]
+    return f"{prefix} via {', '.join(hops)}"
