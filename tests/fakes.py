@@ -16,7 +16,9 @@ class FakeExaBGP:
     """Plays ExaBGP's Adj-RIB-Out. Fails on withdrawing a route that was never announced and
     on announcing a VIP whose address is not on its interface yet."""
 
-    def __init__(self, netlink: FakeNetlink | None = None, *, needs_address: Iterable[IPNetwork] = ()) -> None:
+    def __init__(
+        self, netlink: FakeNetlink | None = None, *, needs_address: Iterable[IPNetwork] = ()
+    ) -> None:
         self.rib: dict[IPNetwork, Route] = {}
         self.log: list[tuple[str, tuple[Route, ...]]] = []
         self.netlink = netlink

@@ -34,7 +34,10 @@ VIP2 = "198.51.100.11"
 
 def make_config(**over: Any) -> Config:
     doc: dict[str, Any] = {
-        "bgp": {"local_as": 65100, "peers": [{"address": "10.0.1.1", "peer_as": 65000, "local_address": "10.0.1.2"}]},
+        "bgp": {
+            "local_as": 65100,
+            "peers": [{"address": "10.0.1.1", "peer_as": 65000, "local_address": "10.0.1.2"}],
+        },
         "vips": [
             {"address": VIP, "name": "api", "checks": [{"type": "tcp", "port": 6443, "rise": 2, "fall": 2}]},
             {"address": VIP2, "name": "web", "checks": [{"type": "tcp", "port": 80, "rise": 1, "fall": 1}]},
@@ -229,7 +232,9 @@ async def test_reload_keeps_health_of_unchanged_checks_and_drops_removed_vip() -
     async with Harness(make_config()) as h:
         await h.send(ProbeDone(WEB, ok()), ProbeDone(API, ok()), ProbeDone(API, ok()))
         assert h.announced() == {VIP, VIP2}
-        doc_vips = [{"address": VIP2, "name": "web", "checks": [{"type": "tcp", "port": 80, "rise": 1, "fall": 1}]}]
+        doc_vips = [
+            {"address": VIP2, "name": "web", "checks": [{"type": "tcp", "port": 80, "rise": 1, "fall": 1}]}
+        ]
         await h.send(ConfigChanged(make_config(vips=doc_vips)))
         assert h.announced() == {VIP2}
         assert h.addresses() == {VIP2}
