@@ -98,9 +98,9 @@ class Harness:
             self.rec.post(e)
         await self.settle()
 
-    async def until(self, cond: Callable[[], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not cond():
+    async def until(self, cond: Callable[[], bool], limit: float = 5.0) -> None:
+        async with asyncio.timeout(limit):
+            while not cond():  # noqa: ASYNC110 - polling a fake's state; nothing to wait on
                 await asyncio.sleep(0.01)
 
     def announced(self) -> set[str]:
