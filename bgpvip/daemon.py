@@ -136,48 +136,74 @@ class Speaker:
         self.board: StatusBoard | None = None
 
     async def run(self) -> int:
-        try:
-            config = load_file(self.config_path)
-        except ConfigError as e:
-            return await self._wait_for_good_config(e)
-        return await self._run(config)
-
-    async def _wait_for_good_config(self, error: ConfigError) -> int:
-        """No usable config: keep ExaBGP's routes as they are (fail static), read stdin so
-        ExaBGP never blocks, and start as soon as the file is fixed or exit when ExaBGP goes."""
-        log.error(logs.kv("config-invalid", file=self.config_path, error=str(error)))
+        # One session for the life of the process: its reader thread owns stdin and cannot
+        # be stopped, so a second session would race it for ExaBGP's lines.
         session = exa.ExaBgpSession(self.stdin, self.stdout)
         await session.start()
+        try:
+            try:
+                config = load_file(self.config_path)
+            except ConfigError as e:
+                found = await self._wait_for_good_config(session, e)
+                if found is None:
+                    return 0
+                config = found
+            return await self._run(config, session)
+        except ExaBgpGone as e:
+            log.info(logs.kv("exabgp-gone", detail=str(e)))
+            return 0
+        finally:
+            await session.close()
+
+    async def _wait_for_good_config(self, session: exa.ExaBgpSession, error: ConfigError) -> Config | None:
+        """No usable config: keep ExaBGP's routes as they are (fail static), keep reading stdin
+        so ExaBGP never blocks, and go on as soon as the file is fixed; None if ExaBGP left."""
+        log.error(logs.kv("config-invalid", file=self.config_path, error=str(error)))
         stamp = _file_stamp(self.config_path)
         gone = asyncio.create_task(self._pump_exabgp(session, None))
         try:
             while not gone.done():
                 await asyncio.wait({gone}, timeout=CONFIG_POLL)
                 now = _file_stamp(self.config_path)
-                if now != stamp:
-                    stamp = now
-                    try:
-                        config = load_file(self.config_path)
-                    except ConfigError as e:
-                        log.error(logs.kv("config-invalid", file=self.config_path, error=str(e)))
-                        continue
-                    gone.cancel()
-                    await session.close()
-                    return await self._run(config)
-            return 0
+                if now == stamp or gone.done():
+                    continue
+                stamp = now
+                try:
+                    return load_file(self.config_path)
+                except ConfigError as e:
+                    log.error(logs.kv("config-invalid", file=self.config_path, error=str(e)))
+            return None
         finally:
             gone.cancel()
+            with contextlib.suppress(BaseException):
+                await gone
 
-    async def _run(self, config: Config) -> int:
+    async def _until_gone(self, session: exa.ExaBgpSession, coro: Any) -> Any:
+        """Await `coro`, unless ExaBGP goes away first (a new parent, or a closed pipe)."""
+        work = asyncio.ensure_future(coro)
+        parent = asyncio.create_task(session.wait_parent_gone())
+        try:
+            done, _ = await asyncio.wait({work, parent}, return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                try:
+                    return work.result()
+                except exa.ExaBgpClosed as e:
+                    raise ExaBgpGone(str(e)) from None
+            raise ExaBgpGone("parent process changed")
+        finally:
+            for t in (work, parent):
+                t.cancel()
+
+    async def _run(self, config: Config, session: exa.ExaBgpSession) -> int:
         name = node_name(config)
         runtime = config.runtime_dir
         with contextlib.suppress(OSError):
             runtime.mkdir(parents=True, exist_ok=True)
             (runtime / PID_FILE).write_text(f"{os.getpid()}\n")
-        session = exa.ExaBgpSession(self.stdin, self.stdout)
-        await session.start()
         try:
-            existing = await session.adj_rib_out()
+            existing = await self._until_gone(session, session.adj_rib_out())
+        except ExaBgpGone:
+            raise
         except Exception as e:
             log.warning(logs.kv("adj-rib-out-failed", error=e))
             existing = set()
@@ -260,19 +286,18 @@ class Speaker:
                     await t
             if server is not None:
                 await server.close()
-            await session.close()
             with contextlib.suppress(OSError):
                 (runtime / PID_FILE).unlink()
 
     async def _pump_exabgp(self, session: exa.ExaBgpSession, rec: Reconciler | None) -> None:
         """Hand neighbor events to the loop; raise ExaBgpGone when ExaBGP goes away."""
         parent = asyncio.create_task(session.wait_parent_gone())
+        get: asyncio.Task[Any] | None = None
         try:
             while True:
                 get = asyncio.create_task(session.event_queue.get())
                 done, _ = await asyncio.wait({get, parent}, return_when=asyncio.FIRST_COMPLETED)
                 if parent in done:
-                    get.cancel()
                     raise ExaBgpGone("parent process changed")
                 ev = get.result()
                 if isinstance(ev, exa.NeighborEvent) and rec is not None:
@@ -281,6 +306,8 @@ class Speaker:
                     raise ExaBgpGone(type(ev).__name__.lower())
         finally:
             parent.cancel()
+            if get is not None:
+                get.cancel()  # a leftover getter would swallow the next event (EOF!)
 
     async def _watch_drain(self, rec: Reconciler) -> None:
         drained = rec.world.node.drained

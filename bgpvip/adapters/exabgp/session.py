@@ -316,8 +316,12 @@ class ExaBgpSession:
                 return
 
     async def wait_parent_gone(self, interval: float = 0.5) -> None:
-        """Return once our parent process changes (ExaBGP exited and we were re-parented)."""
+        """Return once our parent process changes (ExaBGP exited and we were re-parented).
+
+        A parent of 1 counts as gone too: ExaBGP may have died before this session was made,
+        and ExaBGP itself is never PID 1 (in a container, `bgpvip run` is)."""
         while True:
-            if self._getppid() != self._ppid:
+            ppid = self._getppid()
+            if ppid != self._ppid or ppid == 1:
                 return
             await asyncio.sleep(interval)

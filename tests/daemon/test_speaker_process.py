@@ -1,0 +1,203 @@
+"""`bgpvip speaker` as a real process, with this test playing ExaBGP on its stdin/stdout.
+
+Covers the lifecycle rules ExaBGP imposes: never crash-loop on a bad config (ExaBGP gives up
+after five helper deaths in about a minute), start as soon as the file is fixed, and exit
+cleanly when ExaBGP goes away (EOF, `shutdown`, or a new parent). The VIP has
+`interface: null`, so no root is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+VIP = "198.51.100.10"
+
+
+def config_doc(tmp_path: Path, **over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "bgp": {
+            "local_as": 65100,
+            "peers": [{"address": "192.0.2.1", "peer_as": 65000, "local_address": "192.0.2.2"}],
+        },
+        "vips": [{"name": "web", "address": VIP, "interface": None}],
+        "runtime_dir": str(tmp_path / "run"),
+        "drain_file": str(tmp_path / "drain"),
+        "status": {"enabled": False},
+        "shutdown_delay": 0.1,
+    }
+    doc.update(over)
+    return doc
+
+
+class FakeExaBgpPipes:
+    """The ExaBGP end of the API pipes: reads commands, answers `done`."""
+
+    def __init__(self, argv: list[str], **kw: Any) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self._buf = b""
+
+    def read_line(self, timeout: float = 10.0) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise TimeoutError(f"no line from the speaker; stderr so far:\n{self.stderr()}")
+                chunk = self.proc.stdout.read()
+                if not chunk:
+                    raise EOFError(f"speaker closed stdout; stderr:\n{self.stderr()}")
+                self._buf += chunk
+        finally:
+            sel.close()
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def speaker_argv(config: Path) -> list[str]:
+    return [sys.executable, "-m", "bgpvip", "speaker", "--config", str(config)]
+
+
+def handshake_and_announce(exa: FakeExaBgpPipes) -> str:
+    assert exa.read_line() == "show adj-rib out extensive"
+    exa.send("done")
+    line = exa.read_line()
+    exa.send("done")
+    return line
+
+
+def test_announces_and_exits_0_on_eof(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps(config_doc(tmp_path)))
+    exa = FakeExaBgpPipes(speaker_argv(cfg))
+    try:
+        line = handshake_and_announce(exa)
+        assert line.startswith("announce attributes next-hop self") and line.endswith(f"nlri {VIP}/32")
+        exa.send(
+            '{"exabgp": "5.0.0", "type": "state", "neighbor": {"address": {"peer": "192.0.2.1"}, "state": "up"}}'
+        )
+        assert exa.proc.stdin is not None
+        exa.proc.stdin.close()
+        assert exa.proc.wait(timeout=10) == 0
+        assert "event=exabgp-gone" in exa.stderr()
+    finally:
+        exa.close()
+
+
+def test_exits_on_shutdown_notice(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps(config_doc(tmp_path)))
+    exa = FakeExaBgpPipes(speaker_argv(cfg))
+    try:
+        handshake_and_announce(exa)
+        exa.send("shutdown 1234 1")
+        assert exa.proc.wait(timeout=10) == 0
+    finally:
+        exa.close()
+
+
+def test_bad_config_waits_instead_of_crash_looping_then_starts_when_fixed(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    bad = config_doc(tmp_path)
+    bad["vips"][0]["checks"] = [{"type": "tcp", "port": 80, "interval": 0}]
+    cfg.write_text(json.dumps(bad))
+    exa = FakeExaBgpPipes(speaker_argv(cfg))
+    try:
+        time.sleep(1.5)
+        assert exa.proc.poll() is None, "a bad config must not make the helper exit (ExaBGP's respawn budget)"
+        exa.send(
+            '{"exabgp": "5.0.0", "type": "state", "neighbor": {"address": {"peer": "192.0.2.1"}, "state": "up"}}'
+        )
+        cfg.write_text(json.dumps(config_doc(tmp_path)))
+        line = handshake_and_announce(exa)
+        assert line.endswith(f"nlri {VIP}/32")
+        assert exa.proc.stdin is not None
+        exa.proc.stdin.close()
+        assert exa.proc.wait(timeout=10) == 0
+        assert "vips[0].checks[0].interval: must be > 0" in exa.stderr()
+    finally:
+        exa.close()
+
+
+def test_sigterm_withdraws_and_exits_0(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps(config_doc(tmp_path)))
+    exa = FakeExaBgpPipes(speaker_argv(cfg))
+    try:
+        handshake_and_announce(exa)
+        exa.proc.terminate()
+        line = exa.read_line()
+        assert line == f"withdraw attributes nlri {VIP}/32"
+        exa.send("done")
+        assert exa.proc.wait(timeout=10) == 0
+        assert not (tmp_path / "run" / "speaker.pid").exists()
+    finally:
+        exa.close()
+
+
+def test_exits_when_its_parent_changes(tmp_path: Path) -> None:
+    """ExaBGP killed with SIGKILL: the speaker is reparented and must not linger."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps(config_doc(tmp_path)))
+    pidfile = tmp_path / "pid"
+    # an intermediate parent that starts the speaker (stdin kept open by us) and dies at once
+    launcher = (
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen({speaker_argv(cfg)!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", launcher], stdin=subprocess.PIPE)
+    try:
+        parent.wait(timeout=10)
+        pid = int(pidfile.read_text())
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state == "Z":
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            pytest.fail("the speaker kept running after its parent died")
+    finally:
+        assert parent.stdin is not None
+        parent.stdin.close()
