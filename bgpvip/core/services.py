@@ -449,7 +449,8 @@ def pool_attributes(config: Config, pool: PoolConfig) -> Attributes:
         local_preference=pool.local_preference,
         communities=tuple(pool.communities),
         large_communities=tuple(pool.large_communities),
-        as_path=(config.bgp.local_as,) * prepend,
+        # As for VIPs: ExaBGP sends an explicit as-path verbatim, so N prepends is N+1 times.
+        as_path=(config.bgp.local_as,) * (prepend + 1) if prepend else (),
     )
 
 
