@@ -24,11 +24,12 @@ from typing import Any, BinaryIO, NoReturn
 
 from bgpvip import logs
 from bgpvip.adapters import exabgp as exa
-from bgpvip.adapters import netlink, probes
+from bgpvip.adapters import kube, netlink, probes
 from bgpvip.configfile import load_file
+from bgpvip.core import services as svc
 from bgpvip.core.config import CheckKey, Config, ConfigError
 from bgpvip.core.desired import NodeState, check_keys
-from bgpvip.core.model import Applied, Route
+from bgpvip.core.model import Applied, Decision, Reason, Route
 from bgpvip.reconcile import (
     ConfigChanged,
     DrainChanged,
@@ -36,6 +37,7 @@ from bgpvip.reconcile import (
     ProbeDone,
     Reconciler,
     Resync,
+    ServicesChanged,
     StopRequested,
     World,
     seed_health,
@@ -112,6 +114,119 @@ class ProbeManager:
         self._tasks.clear()
 
 
+class KubeBridge:
+    """Kubernetes into the loop: the watcher's events fold into a KubeState; after each burst
+    the Service decisions are recomputed (in a thread: 10,000 Services take ~200 ms the first
+    time) and posted as one ServicesChanged. Until every kind was listed once nothing is
+    posted, so the loop keeps the Service routes ExaBGP already had (fail static); an API
+    outage leaves the state, and so the routes, as they are. Events on Services record
+    announcements, withdrawals and refusals when a decision changes."""
+
+    REFUSALS = frozenset(
+        {
+            Reason.NOT_IN_POOL,
+            Reason.POOL_NOT_ALLOWED,
+            Reason.EXTERNAL_IP_NOT_ALLOWED,
+            Reason.INVALID_ADDRESS,
+            Reason.FAMILY_NOT_PEERED,
+        }
+    )
+
+    def __init__(self, rec: Reconciler, node: str) -> None:
+        self._rec = rec
+        self._node = node
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._memo = svc.ServiceMemo()
+        self.state = svc.KubeState()
+        self._previous: dict[tuple[str, str], tuple[bool, Reason]] = {}
+        self._watch_settings: tuple[object, ...] = ()
+        self._watcher: kube.KubeWatcher | None = None
+        self._recorder: kube.EventRecorder | None = None
+
+    def config_changed(self) -> None:
+        self._queue.put_nowait(None)
+
+    def _start_watcher(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        api = kube.make_api_client(config.kubernetes)
+        if self._recorder is None:
+            self._recorder = kube.EventRecorder(api, component="bgpvip-speaker", host=self._node)
+            self._recorder.start()
+
+        def emit(event: svc.KubeEvent) -> None:  # called from the watcher's threads
+            loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+        self._watcher = kube.KubeWatcher.for_config(api, config, node_name=self._node, emit=emit)
+        self._watcher.start()
+        self._watch_settings = (config.kubernetes, svc.pool_label_keys(config))
+        log.info(logs.kv("kube-watch", node=self._node))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._start_watcher(self._rec.world.config, loop)
+            posted_version = -1
+            posted_config: Config | None = None
+            while True:
+                items = [await self._queue.get()]
+                while not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                for item in items:
+                    if item is not None:
+                        self.state = self.state.apply(item)
+                config = self._rec.world.config
+                if (config.kubernetes, svc.pool_label_keys(config)) != self._watch_settings:
+                    self._start_watcher(config, loop)  # relists with the new label keys
+                    continue
+                if not self.state.ready:
+                    continue
+                if self.state.version == posted_version and config is posted_config:
+                    continue
+                state = self.state
+                decisions = await asyncio.to_thread(
+                    svc.decide_services, config, state, self._node, memo=self._memo
+                )
+                posted_version, posted_config = state.version, config
+                self._rec.post(ServicesChanged(decisions))
+                self._record_changes(decisions, state)
+        finally:
+            if self._watcher is not None:
+                self._watcher.stop()
+            if self._recorder is not None:
+                self._recorder.stop(timeout=2)
+
+    def _record_changes(self, decisions: tuple[Decision, ...], state: svc.KubeState) -> None:
+        current: dict[tuple[str, str], tuple[bool, Reason]] = {}
+        for d in decisions:
+            key = (d.source, str(d.address))
+            current[key] = (d.announce, d.reason)
+            if self._previous.get(key) == current[key] or self._recorder is None:
+                continue
+            _, _, rest = d.source.partition("/")
+            namespace, _, name = rest.partition("/")
+            view = state.services.get((namespace, name))
+            if view is None:
+                continue
+            ref = kube.ObjectRef.service(view)
+            if d.announce:
+                self._recorder.record(
+                    ref, "Normal", "Announced", f"{d.address} announced from node {self._node}"
+                )
+            elif d.reason in self.REFUSALS:
+                self._recorder.record(
+                    ref, "Warning", "Refused", f"{d.address} not announced: {d.reason}: {d.detail}"
+                )
+            elif self._previous.get(key, (False, d.reason))[0]:
+                self._recorder.record(
+                    ref,
+                    "Normal",
+                    "Withdrawn",
+                    f"{d.address} withdrawn from node {self._node}: {d.reason}: {d.detail}",
+                )
+        self._previous = current
+
+
 class RoutesViaExaBgp:
     """The reconcile loop's RoutePort on top of the ExaBGP session."""
 
@@ -134,6 +249,7 @@ class Speaker:
         self.stdin = stdin
         self.stdout = stdout
         self.board: StatusBoard | None = None
+        self.bridge: KubeBridge | None = None
 
     async def run(self) -> int:
         # One session for the life of the process: its reader thread owns stdin and cannot
@@ -219,6 +335,7 @@ class Speaker:
             config=config,
             health=seed_health(config, existing, time.monotonic()),
             node=NodeState(drained=config.drain_file.exists(), stopping=False),
+            services=None if config.kubernetes.enabled else (),
         )
         board = StatusBoard(name)
         self.board = board
@@ -261,6 +378,11 @@ class Speaker:
             asyncio.create_task(self._resync_timer(rec), name="resync"),
             asyncio.create_task(self._watch_config(rec, probe_mgr, board, reload_now), name="config"),
         ]
+        bridge: KubeBridge | None = None
+        if config.kubernetes.enabled:
+            bridge = KubeBridge(rec, name)
+            background.append(asyncio.create_task(bridge.run(), name="kubernetes"))
+        self.bridge = bridge
         main = asyncio.create_task(rec.run(), name="reconcile")
         try:
             done, _ = await asyncio.wait([main, *background], return_when=asyncio.FIRST_COMPLETED)
@@ -362,6 +484,8 @@ class Speaker:
             log.info(logs.kv("reload", vips=len(config.vips)))
             rec.post(ConfigChanged(config))
             probe_mgr.update(config)
+            if self.bridge is not None:
+                self.bridge.config_changed()
 
 
 def speaker_main(config_path: str | os.PathLike[str]) -> NoReturn:

@@ -20,7 +20,7 @@ from bgpvip import logs
 from bgpvip.core import health as healthmod
 from bgpvip.core import plan
 from bgpvip.core.config import CheckKey, Config, host_prefix
-from bgpvip.core.desired import NodeState, check_keys, compute
+from bgpvip.core.desired import NodeState, check_keys, compute, held_service_routes
 from bgpvip.core.model import (
     Action,
     AddAddress,
@@ -113,7 +113,8 @@ class World:
     health: dict[CheckKey, healthmod.Health] = field(default_factory=dict)
     node: NodeState = field(default_factory=NodeState)
     peers: dict[str, PeerStatus] = field(default_factory=dict)
-    services: tuple[Decision, ...] = ()
+    services: tuple[Decision, ...] | None = ()
+    """Service decisions from Kubernetes; None until the first complete list (fail static)."""
 
 
 def seed_health(config: Config, announced: Iterable[Route], now: float) -> dict[CheckKey, healthmod.Health]:
@@ -317,7 +318,10 @@ class Reconciler:
 
     def _compute(self) -> Desired:
         w = self.world
-        desired = compute(w.config, w.health, w.node, w.services)
+        services = w.services
+        if services is None:
+            services = held_service_routes(w.config, self.applied.routes)
+        desired = compute(w.config, w.health, w.node, services)
         if self._canonical is not None:
             desired = replace(desired, routes=frozenset(map(self._canonical, desired.routes)))
         self.desired = desired

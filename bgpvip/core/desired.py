@@ -111,6 +111,26 @@ def _overridden(d: Decision, reason: Reason, detail: str) -> Decision:
     return replace(d, announce=False, reason=reason, detail=detail)
 
 
+def held_service_routes(config: Config, announced: Iterable[Route]) -> tuple[Decision, ...]:
+    """Fail static before Kubernetes was listed: keep the pool routes ExaBGP already carries
+    (a restarted speaker must not withdraw Service IPs while its first list is in flight)."""
+    held = []
+    for r in announced:
+        address = r.prefix.network_address
+        if any(pool.contains(address) for pool in config.pools):
+            held.append(
+                Decision(
+                    address=address,
+                    announce=True,
+                    reason=Reason.KEPT_FROM_PREVIOUS,
+                    detail="Kubernetes not listed yet: kept as ExaBGP had it",
+                    source="service/?",
+                    route=r,
+                )
+            )
+    return tuple(held)
+
+
 def compute(
     config: Config,
     healths: Mapping[CheckKey, Health],

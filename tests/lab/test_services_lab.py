@@ -1,0 +1,257 @@
+"""Service IPs for real: `bgpvip run` on n1..n3 watching a Kubernetes API, announcing to FRR.
+
+The API is tests/kubeapi.py's FakeKubeAPI (no kube-apiserver can run here), served to the
+nodes through a TCP relay listening inside the client namespace (10.0.100.2:6443), so the
+speakers reach it across r1 like a real API server. Outages cut the relay's upstream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import nslab
+import pytest
+from bgpvip_lab import Speaker, node_config, node_workdir, start_speaker
+
+from tests.kubeapi import FakeKubeAPI
+
+NODES = ("n1", "n2", "n3")
+API_ADDR = ("10.0.100.2", 6443)
+POOL = "203.0.113.0/25"  # r1 accepts all of 203.0.113.0/24: the rest is "not ours" to bgpvip
+
+
+class Relay:
+    """Accept in a lab namespace, connect to the fake API on the host's loopback, copy bytes."""
+
+    def __init__(self, lab: nslab.Lab, node: str, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self.sock = nslab.socket_in_netns(lab.ns(node))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(listen)
+        self.sock.listen(64)
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True, name="relay").start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                client.close()  # the API is down: the node sees its connection dropped
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            with self._lock:
+                self._conns -= {src, dst}
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        with self._lock:
+            for s in list(self._conns):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+
+def service(name: str, ip: str, *, policy: str = "Cluster", **extra: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "labels": {"app": name}},
+        "spec": {
+            "type": "LoadBalancer",
+            "loadBalancerClass": "bgpvip.io/bgp",
+            "externalTrafficPolicy": policy,
+            "ports": [{"port": 80, "protocol": "TCP"}],
+            "selector": {"app": name},
+            **extra,
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
+    }
+
+
+def endpoint_slice(service_name: str, *nodes: str) -> dict[str, Any]:
+    return {
+        "addressType": "IPv4",
+        "metadata": {
+            "name": f"{service_name}-x1",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "endpoints": [
+            {
+                "addresses": [f"10.244.0.{i + 1}"],
+                "nodeName": n,
+                "conditions": {"ready": True, "serving": True},
+            }
+            for i, n in enumerate(nodes)
+        ],
+    }
+
+
+def node_obj(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]},
+    }
+
+
+def gateways(lab: nslab.Lab, prefix: str) -> set[str]:
+    route = lab.route(prefix)
+    return {h["gateway"] for h in route.get("nexthops", []) if "gateway" in h} if route else set()
+
+
+def wait_gateways(lab: nslab.Lab, prefix: str, nodes: set[str], timeout: float = 30.0) -> None:
+    want = {lab.node_ip(n) for n in nodes}
+    deadline = time.monotonic() + timeout
+    while gateways(lab, prefix) != want:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{prefix}: r1 has next hops {gateways(lab, prefix)}, want {want} ({nodes})")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def api(lab: nslab.Lab) -> Iterator[FakeKubeAPI]:
+    with FakeKubeAPI() as fake:
+        relay = Relay(lab, "client", API_ADDR, ("127.0.0.1", fake.port))
+        try:
+            for n in NODES:
+                fake.put("nodes", node_obj(n))
+            yield fake
+        finally:
+            relay.close()
+
+
+@pytest.fixture(scope="module")
+def speakers(lab: nslab.Lab, api: FakeKubeAPI) -> Iterator[dict[str, Speaker]]:
+    kubeconfig = lab.state_dir / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: lab, cluster: {{server: 'http://{API_ADDR[0]}:{API_ADDR[1]}'}}}}]\n"
+        "users: [{name: lab, user: {}}]\n"
+        "contexts: [{name: lab, context: {cluster: lab, user: lab}}]\n"
+        "current-context: lab\n"
+    )
+    started = {}
+    try:
+        for n in NODES:
+            node_workdir(lab, n)
+            config = node_config(
+                lab,
+                n,
+                [],
+                pools=[{"name": "default", "addresses": [POOL]}],
+                kubernetes={"enabled": True, "kubeconfig": str(kubeconfig), "watch_timeout": 10},
+            )
+            started[n] = start_speaker(lab, n, config)
+        yield started
+    finally:
+        for sp in started.values():
+            try:
+                sp.stop(timeout=30)
+            except Exception:
+                sp.process.kill()
+
+
+def statuses(sp: Speaker) -> dict[str, dict[str, Any]]:
+    return {d["source"]: d for d in sp.wait_status()["decisions"]}
+
+
+def eventually(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.1)
+
+
+def test_cluster_policy_is_announced_from_every_node(
+    lab: nslab.Lab, api: FakeKubeAPI, speakers: dict[str, Speaker]
+) -> None:
+    api.put("services", service("web", "203.0.113.10"))
+    api.put("endpointslices", endpoint_slice("web", "n1"))
+    wait_gateways(lab, "203.0.113.10/32", set(NODES))
+    d = statuses(speakers["n3"])["service/default/web"]
+    assert (d["announced"], d["reason"]) == (True, "hasEndpoints")
+
+
+def test_local_policy_follows_the_endpoints(
+    lab: nslab.Lab, api: FakeKubeAPI, speakers: dict[str, Speaker]
+) -> None:
+    api.put("services", service("db", "203.0.113.11", policy="Local"))
+    api.put("endpointslices", endpoint_slice("db", "n2"))
+    wait_gateways(lab, "203.0.113.11/32", {"n2"})
+    assert statuses(speakers["n1"])["service/default/db"]["reason"] == "noLocalEndpoints"
+    api.put("endpointslices", endpoint_slice("db", "n3"))
+    wait_gateways(lab, "203.0.113.11/32", {"n3"})
+    api.put("endpointslices", endpoint_slice("db"))
+    wait_gateways(lab, "203.0.113.11/32", set())
+
+
+def test_an_address_outside_every_pool_is_never_announced(
+    lab: nslab.Lab, api: FakeKubeAPI, speakers: dict[str, Speaker]
+) -> None:
+    # r1 would accept 203.0.113.200 (its prefix-list allows the whole /24): only bgpvip refuses it
+    api.put("services", service("evil", "203.0.113.200", externalIPs=["203.0.113.201"]))
+    api.put("endpointslices", endpoint_slice("evil", "n1", "n2", "n3"))
+    api.put("services", service("canary", "203.0.113.12"))
+    api.put("endpointslices", endpoint_slice("canary", "n1"))
+    wait_gateways(lab, "203.0.113.12/32", set(NODES))  # the speakers have seen both Services
+    for sp in speakers.values():
+        d = statuses(sp)["service/default/evil"]
+        assert (d["announced"], d["reason"]) == (False, "notInPool")
+    assert lab.route("203.0.113.200/32") is None
+    assert lab.route("203.0.113.201/32") is None
+    assert lab.bgp_prefix("203.0.113.200/32") == {}
+    events = [
+        o
+        for o in api.objects("events")
+        if o.get("involvedObject", {}).get("name") == "evil" and o.get("type") == "Warning"
+    ]
+    assert events, "a refused address gets a Warning Event on the Service"
+
+
+def test_api_outage_changes_nothing_then_converges(
+    lab: nslab.Lab, api: FakeKubeAPI, speakers: dict[str, Speaker]
+) -> None:
+    api.put("services", service("steady", "203.0.113.13"))
+    api.put("endpointslices", endpoint_slice("steady", "n1"))
+    wait_gateways(lab, "203.0.113.13/32", set(NODES))
+    api.inject_outage("refuse")
+    try:
+        time.sleep(12)  # longer than watch_timeout (10 s): every watcher has noticed and retried
+        assert gateways(lab, "203.0.113.13/32") == {lab.node_ip(n) for n in NODES}, "fail static"
+        for sp in speakers.values():
+            assert statuses(sp)["service/default/steady"]["announced"] is True
+        # a change made while the speakers cannot see it arrives once the API returns
+        api.remove("services", "default", "steady")
+        time.sleep(1)
+        assert gateways(lab, "203.0.113.13/32") == {lab.node_ip(n) for n in NODES}
+    finally:
+        api.restore()
+    wait_gateways(lab, "203.0.113.13/32", set(), timeout=60)
