@@ -7,11 +7,14 @@ three speakers on one machine never share a file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from nslab import HELPERS_DIR, Lab
+from nslab import HELPERS_DIR, Lab, socket_in_netns
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTH_PORT = 8080
@@ -237,3 +240,75 @@ def _route_text(lab: Lab, prefix: str) -> str:
         return "no route"
     hops = [h.get("gateway", "?") for h in route.get("nexthops", [])]
     return f"{prefix} via {', '.join(hops)}"
+
+
+class Relay:
+    """Accept in a lab namespace, connect to a server on the host's loopback, copy bytes.
+
+    How lab nodes reach tests/kubeapi.py's fake Kubernetes API, which listens on the host's
+    127.0.0.1: the relay listens in the client namespace, so nodes cross r1 to reach it. While
+    the upstream refuses (an injected outage), accepted connections are closed at once."""
+
+    def __init__(self, lab: Lab, node: str, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self.sock = socket_in_netns(lab.ns(node))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(listen)
+        self.sock.listen(64)
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True, name="relay").start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                client.close()  # the API is down: the node sees its connection dropped
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            with self._lock:
+                self._conns -= {src, dst}
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        with self._lock:
+            for s in list(self._conns):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+
+def write_kubeconfig(lab: Lab, server: tuple[str, int]) -> Path:
+    """A kubeconfig without credentials for a plain-HTTP (fake) API server at `server`."""
+    path = lab.state_dir / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: lab, cluster: {{server: 'http://{server[0]}:{server[1]}'}}}}]\n"
+        "users: [{name: lab, user: {}}]\n"
+        "contexts: [{name: lab, context: {cluster: lab, user: lab}}]\n"
+        "current-context: lab\n"
+    )
+    return path

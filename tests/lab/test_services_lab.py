@@ -7,77 +7,19 @@ speakers reach it across r1 like a real API server. Outages cut the relay's upst
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import nslab
 import pytest
-from bgpvip_lab import Speaker, node_config, node_workdir, start_speaker
+from bgpvip_lab import Relay, Speaker, node_config, node_workdir, start_speaker, write_kubeconfig
 
 from tests.kubeapi import FakeKubeAPI
 
 NODES = ("n1", "n2", "n3")
 API_ADDR = ("10.0.100.2", 6443)
 POOL = "203.0.113.0/25"  # r1 accepts all of 203.0.113.0/24: the rest is "not ours" to bgpvip
-
-
-class Relay:
-    """Accept in a lab namespace, connect to the fake API on the host's loopback, copy bytes."""
-
-    def __init__(self, lab: nslab.Lab, node: str, listen: tuple[str, int], target: tuple[str, int]) -> None:
-        self.target = target
-        self.sock = nslab.socket_in_netns(lab.ns(node))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(listen)
-        self.sock.listen(64)
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True, name="relay").start()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=2)
-            except OSError:
-                client.close()  # the API is down: the node sees its connection dropped
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            with self._lock:
-                self._conns -= {src, dst}
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
-        with self._lock:
-            for s in list(self._conns):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
 
 
 def service(name: str, ip: str, *, policy: str = "Cluster", **extra: Any) -> dict[str, Any]:
@@ -149,14 +91,7 @@ def api(lab: nslab.Lab) -> Iterator[FakeKubeAPI]:
 
 @pytest.fixture(scope="module")
 def speakers(lab: nslab.Lab, api: FakeKubeAPI) -> Iterator[dict[str, Speaker]]:
-    kubeconfig = lab.state_dir / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters: [{{name: lab, cluster: {{server: 'http://{API_ADDR[0]}:{API_ADDR[1]}'}}}}]\n"
-        "users: [{name: lab, user: {}}]\n"
-        "contexts: [{name: lab, context: {cluster: lab, user: lab}}]\n"
-        "current-context: lab\n"
-    )
+    kubeconfig = write_kubeconfig(lab, API_ADDR)
     started = {}
     try:
         for n in NODES:
