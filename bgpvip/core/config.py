@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from bgpvip.core.model import Attributes
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _COMMUNITY_RE = re.compile(r"^(\d{1,5}):(\d{1,5})$")
 _LARGE_COMMUNITY_RE = re.compile(r"^(\d{1,10}):(\d{1,10}):(\d{1,10})$")
@@ -34,6 +37,16 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _WELL_KNOWN_COMMUNITIES = frozenset({"no-export", "no-advertise", "no-export-subconfed", "nopeer"})
 _ASN = Annotated[int, Field(ge=1, le=4_294_967_295)]
+
+
+def _check_name(v: str) -> str:
+    if not _NAME_RE.match(v):
+        raise ValueError("must be 1-63 characters of letters, digits, '.', '_' or '-'")
+    return v
+
+
+_Name = Annotated[str, AfterValidator(_check_name)]
+"""Names of peers, VIPs and pools: they end up in logs, metric labels and Event text."""
 
 
 def _address_text(v: Any) -> Any:
@@ -239,7 +252,7 @@ class PeerConfig(_Model):
     """The router's address."""
     peer_as: _ASN
     """The router's AS number."""
-    name: str | None = None
+    name: _Name | None = None
     """Label used in logs and `bgpvip routes`. Default: the address."""
     local_as: _ASN | None = None
     """This host's AS towards this peer. Default: `bgp.local_as`."""
@@ -292,13 +305,6 @@ class PeerConfig(_Model):
             )
         return self
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME_RE.match(v):
-            raise ValueError("must be 1-63 characters of letters, digits, '.', '_' or '-'")
-        return v
-
     @property
     def label(self) -> str:
         return self.name or str(self.address)
@@ -346,7 +352,7 @@ def _check_large_communities(v: tuple[str, ...]) -> tuple[str, ...]:
     return v
 
 
-class _RouteAttributes(_Model):
+class RouteAttributes(_Model):
     med: int | None = Field(default=None, ge=0, le=4_294_967_295)
     """MULTI_EXIT_DISC; lower is preferred. Default: unset (or derived from `priority`)."""
     local_preference: int | None = Field(default=None, ge=0, le=4_294_967_295)
@@ -362,12 +368,12 @@ class _RouteAttributes(_Model):
     _v_large = field_validator("large_communities")(classmethod(lambda cls, v: _check_large_communities(v)))
 
 
-class VipConfig(_RouteAttributes):
+class VipConfig(RouteAttributes):
     """One address this host announces while its checks pass."""
 
     address: _IPAddress
     """The VIP: announced as a /32 (IPv4) or /128 (IPv6)."""
-    name: str | None = None
+    name: _Name | None = None
     """Label used in logs, metrics and `bgpvip routes`. Default: the address."""
     interface: str | None = "lo"
     """Interface that gets the address (labelled `<interface>:bgpvip` for IPv4) before it is
@@ -379,13 +385,6 @@ class VipConfig(_RouteAttributes):
     """`all`: every check must be UP; `any`: one is enough. Default all."""
     priority: int | None = Field(default=None, ge=1, le=254)
     """keepalived-style priority, higher wins. Overrides the top-level `priority` for this VIP."""
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME_RE.match(v):
-            raise ValueError("must be 1-63 characters of letters, digits, '.', '_' or '-'")
-        return v
 
     @field_validator("interface")
     @classmethod
@@ -447,11 +446,11 @@ def parse_address_block(text: str) -> AddressRange:
     return (net[0], net[-1])  # type: ignore[return-value]
 
 
-class PoolConfig(_RouteAttributes):
+class PoolConfig(RouteAttributes):
     """An address pool: LoadBalancer IPs are allocated from it and only its addresses are ever
     announced for Services."""
 
-    name: str
+    name: _Name
     """Pool name, used in the `bgpvip.io/pool` annotation, Events and metrics."""
     addresses: tuple[str, ...] = Field(min_length=1)
     """CIDRs (`203.0.113.0/24`), ranges (`203.0.113.10-203.0.113.20`) or single addresses,
@@ -468,13 +467,6 @@ class PoolConfig(_RouteAttributes):
     """Only Services with all these labels may use the pool. Default: every Service."""
 
     _v_sel = field_validator("service_selector")(classmethod(lambda cls, v: _check_labels(v)))
-
-    @field_validator("name")
-    @classmethod
-    def _pname(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError("must be 1-63 characters of letters, digits, '.', '_' or '-'")
-        return v
 
     @field_validator("addresses")
     @classmethod
@@ -774,6 +766,31 @@ class CheckKey:
 
     def __str__(self) -> str:
         return f"{self.vip}/checks[{self.index}]"
+
+
+MAX_PRIORITY_PREPENDS = 10
+
+
+def route_attributes(config: Config, source: RouteAttributes, priority: int | None) -> Attributes:
+    """BGP attributes of a VIP's or a pool's routes, with the host's priority applied as MED
+    (255 - priority, unless a MED is set) or as AS-path prepends (254 - priority, at most 10)."""
+    med = source.med
+    prepend = source.as_path_prepend
+    if priority is not None:
+        if config.priority_attribute == "med":
+            if med is None:
+                med = 255 - priority
+        else:
+            prepend += min(MAX_PRIORITY_PREPENDS, 254 - priority)
+    return Attributes(
+        med=med,
+        local_preference=source.local_preference,
+        communities=tuple(source.communities),
+        large_communities=tuple(source.large_communities),
+        # ExaBGP sends an explicit as-path verbatim (it adds the local AS only when no path
+        # is given), so N prepends means the local AS N+1 times.
+        as_path=(config.bgp.local_as,) * (prepend + 1) if prepend else (),
+    )
 
 
 def effective_priority(config: Config, vip: VipConfig) -> int | None:

@@ -10,12 +10,17 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from bgpvip.core.config import CheckKey, Config, VipConfig, effective_priority, host_prefix
+from bgpvip.core.config import (
+    CheckKey,
+    Config,
+    VipConfig,
+    effective_priority,
+    host_prefix,
+    route_attributes,
+)
 from bgpvip.core.health import Health, State, combine
 from bgpvip.core.health import initial as initial_health
 from bgpvip.core.model import Attributes, Decision, Desired, IPInterface, IPNetwork, Reason, Route
-
-MAX_PRIORITY_PREPENDS = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,30 +33,13 @@ class NodeState:
     """SIGTERM received: withdraw every route before exiting."""
 
 
-def vip_attributes(config: Config, vip: VipConfig, local_as: int) -> Attributes:
+def vip_attributes(config: Config, vip: VipConfig) -> Attributes:
     """BGP attributes of a VIP's route, including the node priority (MED or AS-path prepend)."""
-    med = vip.med
-    prepend = vip.as_path_prepend
-    priority = effective_priority(config, vip)
-    if priority is not None:
-        if config.priority_attribute == "med":
-            if med is None:
-                med = 255 - priority
-        else:
-            prepend += min(MAX_PRIORITY_PREPENDS, 254 - priority)
-    return Attributes(
-        med=med,
-        local_preference=vip.local_preference,
-        communities=tuple(vip.communities),
-        large_communities=tuple(vip.large_communities),
-        # ExaBGP sends an explicit as-path verbatim (it adds the local AS only when no path
-        # is given), so N prepends means the local AS N+1 times.
-        as_path=(local_as,) * (prepend + 1) if prepend else (),
-    )
+    return route_attributes(config, vip, effective_priority(config, vip))
 
 
 def vip_route(config: Config, vip: VipConfig) -> Route:
-    return Route(prefix=host_prefix(vip), attributes=vip_attributes(config, vip, config.bgp.local_as))
+    return Route(prefix=host_prefix(vip), attributes=vip_attributes(config, vip))
 
 
 def vip_interface_address(vip: VipConfig) -> IPInterface:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any, Generic, TypeVar, overload
 
-from bgpvip.core.config import Config, PoolConfig
+from bgpvip.core.config import Config, PoolConfig, route_attributes
 from bgpvip.core.model import Attributes, Decision, IPAddress, IPNetwork, Reason, Route
 
 Key = tuple[str, str]
@@ -31,7 +31,6 @@ LOAD_BALANCER = "LoadBalancer"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 DRAIN_ANNOTATION = "bgpvip.io/drain"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-MAX_PRIORITY_PREPENDS = 10
 _MAX_SHOWN = 80
 _UNSPECIFIED = IPv4Address(0)
 
@@ -436,22 +435,7 @@ class _Pools:
 def pool_attributes(config: Config, pool: PoolConfig) -> Attributes:
     """BGP attributes of a pool's routes, with this host's `priority` applied as for VIPs
     (MED or AS-path prepend) so a router without ECMP still picks one node deterministically."""
-    med = pool.med
-    prepend = pool.as_path_prepend
-    if config.priority is not None:
-        if config.priority_attribute == "med":
-            if med is None:
-                med = 255 - config.priority
-        else:
-            prepend += min(MAX_PRIORITY_PREPENDS, 254 - config.priority)
-    return Attributes(
-        med=med,
-        local_preference=pool.local_preference,
-        communities=tuple(pool.communities),
-        large_communities=tuple(pool.large_communities),
-        # As for VIPs: ExaBGP sends an explicit as-path verbatim, so N prepends is N+1 times.
-        as_path=(config.bgp.local_as,) * (prepend + 1) if prepend else (),
-    )
+    return route_attributes(config, pool, config.priority)
 
 
 def pool_label_keys(config: Config) -> frozenset[str]:
