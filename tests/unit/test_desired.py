@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgpvip.core import config as cfg
-from bgpvip.core.config import CheckKey
-from bgpvip.core.config import MAX_PRIORITY_PREPENDS
+from bgpvip.core.config import MAX_PRIORITY_PREPENDS, CheckKey
 from bgpvip.core.desired import NodeState, compute, vip_route
 from bgpvip.core.health import Health, State
 from bgpvip.core.model import Attributes, Decision, Desired, ProbeResult, Reason, Route
