@@ -7,12 +7,45 @@ catches a missing file before ExaBGP starts, with the path of the field that nam
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bgpvip.core.config import Config, ConfigError, HttpCheck, load
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, environ: Mapping[str, str] | None = None, source: str = "<config>") -> str:
+    """Replace `${NAME}` and `${NAME:-default}` with environment variables, so one ConfigMap can
+    carry per-node values (the DaemonSet passes the node name and host IP from the downward
+    API). `$$` stands for a literal `$`. An unset variable without a default is an error."""
+    env = os.environ if environ is None else environ
+    problems: list[tuple[str, str]] = []
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                line = text.count("\n", 0, m.start()) + 1
+                problems.append(
+                    (
+                        "",
+                        f"{source} line {line}: environment variable {name} is not set (use ${{{name}:-default}})",
+                    )
+                )
+                return m.group(0)
+            return default
+        return value
+
+    out = "$".join(_ENV_RE.sub(sub, part) for part in text.split("$$"))
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def parse_yaml(text: str, source: str = "<config>") -> Any:
@@ -31,7 +64,7 @@ def load_file(path: str | os.PathLike[str], *, check_files: bool = True) -> Conf
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([("", f"cannot read {p}: {e}")]) from None
-    data = parse_yaml(text, str(p))
+    data = parse_yaml(expand_env(text, source=str(p)), str(p))
     if data is None:
         raise ConfigError([("", f"{p} is empty")])
     config = load(data)

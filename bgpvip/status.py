@@ -240,13 +240,16 @@ class StatusBoard:
             "since": since.wall if since else None,
         }
 
-    def healthy(self, max_silence: float) -> tuple[bool, str]:
-        if self.config_error is not None:
-            return False, f"config error: {self.config_error}"
+    def alive(self, max_silence: float) -> tuple[bool, str]:
         age = time.monotonic() - self.last_reconcile_monotonic
         if age > max_silence:
             return False, f"no reconcile for {age:.0f}s"
         return True, "ok"
+
+    def healthy(self, max_silence: float) -> tuple[bool, str]:
+        if self.config_error is not None:
+            return False, f"config error: {self.config_error}"
+        return self.alive(max_silence)
 
 
 class StatusServer:
@@ -294,13 +297,20 @@ class StatusServer:
                     generate_latest(self.board.registry),
                     head=method == "HEAD",
                 )
+            elif path == "/livez":
+                # Liveness only: the loop runs. A rejected config reload must not make the
+                # kubelet restart every node's speaker at once (that is /healthz's business).
+                ok, why = self.board.alive(self.max_silence)
+                await self._send(
+                    writer, 200 if ok else 503, "text/plain", why.encode() + b"\n", head=method == "HEAD"
+                )
             elif path == "/healthz":
                 ok, why = self.board.healthy(self.max_silence)
                 await self._send(
                     writer, 200 if ok else 503, "text/plain", why.encode() + b"\n", head=method == "HEAD"
                 )
             else:
-                await self._send(writer, 404, "text/plain", b"try /status, /metrics or /healthz\n")
+                await self._send(writer, 404, "text/plain", b"try /status, /metrics, /healthz or /livez\n")
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:

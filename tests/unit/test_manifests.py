@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 import bgpvip
+from bgpvip.configfile import expand_env
 from bgpvip.core.config import Config, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,9 @@ def _rel(path: Path) -> str:
 @pytest.fixture(scope="module")
 def config() -> Config:
     cm = _find("ConfigMap", "bgpvip-config", K8S / "speaker")
-    return load(yaml.safe_load(cm["data"]["config.yaml"]))
+    # as the speaker reads it: ${NODE_NAME} comes from the DaemonSet's downward-API env
+    text = expand_env(cm["data"]["config.yaml"], {"NODE_NAME": "node-1", "HOST_IP": "192.0.2.11"})
+    return load(yaml.safe_load(text))
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +124,37 @@ def test_every_document_is_a_named_kubernetes_object(path: Path) -> None:
         assert isinstance(name, str) and name, f"{where}: no metadata.name"
 
 
+def _unknown_fields(data: Any, type_name: str, path: str) -> Iterator[str]:
+    """Keys the Kubernetes API does not have, found through the official client's generated models
+    (their `attribute_map` holds the API's field names, `openapi_types` the nested types)."""
+    from kubernetes.client import models
+
+    lowered = type_name.lower()
+    if lowered.startswith("list[") and isinstance(data, list):
+        for i, item in enumerate(data):
+            yield from _unknown_fields(item, type_name[5:-1], f"{path}[{i}]")
+        return
+    model = getattr(models, type_name, None) if type_name.startswith("V") else None
+    if model is None or not isinstance(data, dict):
+        return  # a scalar, a map of strings, or int-or-string
+    api_names = {api: attr for attr, api in model.attribute_map.items()}
+    for key, value in data.items():
+        if key not in api_names:
+            yield f"{path}.{key}"
+        else:
+            yield from _unknown_fields(value, model.openapi_types[api_names[key]], f"{path}.{key}")
+
+
+@pytest.mark.parametrize("path", [p for p in _yaml_files() if not _is_kustomization(p)], ids=_rel)
+def test_every_field_exists_in_the_kubernetes_api(path: Path) -> None:
+    # kubectl would reject a misspelt field (or, with older clients, silently drop it)
+    for i, doc in enumerate(_load_all(path)):
+        version = doc["apiVersion"].rsplit("/", 1)[-1]
+        model = f"{version[0].upper()}{version[1:]}{doc['kind']}"
+        unknown = list(_unknown_fields(doc, model, doc["kind"]))
+        assert not unknown, f"{_rel(path)} document {i}: fields the API does not have: {unknown}"
+
+
 def test_images_are_the_documented_default_at_the_package_version() -> None:
     images = [
         c["image"]
@@ -156,12 +190,12 @@ def _resources() -> list[tuple[Path, str]]:
     return out
 
 
-@pytest.mark.parametrize(("kustomization", "resource"), _resources(), ids=lambda v: str(v))
+@pytest.mark.parametrize(("kustomization", "resource"), _resources(), ids=str)
 def test_kustomization_resources_exist(kustomization: Path, resource: str) -> None:
     target = kustomization.parent / resource
-    if kustomization == K8S / "kustomization.yaml" and resource.rstrip("/") == "controller":
-        if not target.exists():
-            pytest.skip("k8s/controller/ is not written yet")
+    top_level = kustomization == K8S / "kustomization.yaml"
+    if top_level and resource.rstrip("/") == "controller" and not target.exists():
+        pytest.skip("k8s/controller/ is not written yet")
     assert "://" not in resource, f"{_rel(kustomization)}: remote resource {resource}"
     assert target.exists(), f"{_rel(kustomization)}: resource {resource} does not exist"
     if target.is_dir():
@@ -210,8 +244,9 @@ def test_configmap_holds_a_valid_kubernetes_config(config: Config) -> None:
 
 
 def test_configmap_config_has_nothing_node_specific(config: Config) -> None:
-    # One ConfigMap for every node: what differs per node must be derived on the node.
-    assert config.node_name is None, "node_name would be the same on every node"
+    # One ConfigMap for every node: what differs per node must be derived on the node
+    # (node_name comes from the downward API through ${NODE_NAME}).
+    assert config.node_name == "node-1", "node_name must be ${NODE_NAME}, not a fixed name"
     assert config.bgp.router_id is None, "router_id would be the same on every node"
     for peer in config.bgp.peers:
         assert peer.local_address is None, f"{peer.label}: local_address would be the same on every node"
@@ -262,7 +297,9 @@ def test_speaker_clusterrole_is_bound_to_the_speaker_serviceaccount_only() -> No
         "kind": "ClusterRole",
         "name": "bgpvip-speaker",
     }
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+    ]
     sa = _find("ServiceAccount", SERVICE_ACCOUNT, K8S / "speaker")
     assert sa["metadata"].get("namespace", NAMESPACE) == NAMESPACE
 
@@ -270,7 +307,7 @@ def test_speaker_clusterrole_is_bound_to_the_speaker_serviceaccount_only() -> No
 def test_no_speaker_object_can_read_secrets() -> None:
     for path, _, doc in _objects():
         if doc["kind"] in ("ClusterRole", "Role") and path.is_relative_to(K8S / "speaker"):
-            assert not any(r == "secrets" or r == "*" for rule in doc["rules"] for r in rule["resources"])
+            assert not any(r in {"secrets", "*"} for rule in doc["rules"] for r in rule["resources"])
 
 
 # --------------------------------------------------------------------------- DaemonSet
@@ -306,7 +343,9 @@ def _volume_for(pod: dict[str, Any], container: dict[str, Any], path: str) -> tu
     best: tuple[PurePosixPath, dict[str, Any]] | None = None
     for m in container["volumeMounts"]:
         mount = PurePosixPath(m["mountPath"])
-        if (wanted == mount or mount in wanted.parents) and (best is None or len(mount.parts) > len(best[0].parts)):
+        if (wanted == mount or mount in wanted.parents) and (
+            best is None or len(mount.parts) > len(best[0].parts)
+        ):
             best = (mount, m)
     assert best is not None, f"nothing is mounted at or above {path}"
     mount, m = best
@@ -344,12 +383,13 @@ def test_daemonset_outlasts_the_ordered_shutdown(pod: dict[str, Any], config: Co
 
 
 def test_daemonset_probes_the_status_endpoint(container: dict[str, Any], config: Config) -> None:
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # liveness must not fail on a refused config reload (that would restart every node at once)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         if probe not in container:
             continue
         get = container[probe]["httpGet"]
-        assert get["path"] == "/healthz", probe
+        assert get["path"] == ("/livez" if probe == "livenessProbe" else "/healthz"), probe
         assert get["port"] == config.status.port, probe
         # kubelet probes go to the pod IP (the node's address with hostNetwork) unless `host`
         # says otherwise; a loopback listener needs host: 127.0.0.1 (or ::1)
@@ -373,14 +413,14 @@ def test_daemonset_selector_matches_its_pods(daemonset: dict[str, Any]) -> None:
     assert selector.items() <= labels.items()
 
 
-def test_daemonset_may_run_on_control_plane_nodes_once_the_affinity_is_removed(pod: dict[str, Any]) -> None:
-    assert {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"} in pod[
-        "tolerations"
-    ]
-    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"} in terms[0][
-        "matchExpressions"
-    ]
+def test_daemonset_stays_off_control_plane_nodes_unless_told(pod: dict[str, Any]) -> None:
+    # Control-plane nodes run the static pod bgpvip-vip: a second BGP session from the same node
+    # address would collide with it. The toleration is there for when the affinity is removed.
+    role = "node-role.kubernetes.io/control-plane"
+    assert {"key": role, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    required = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = required["nodeSelectorTerms"]
+    assert {"key": role, "operator": "DoesNotExist"} in term["matchExpressions"]
 
 
 # --------------------------------------------------------------------------- static pod
