@@ -29,7 +29,7 @@ from bgpvip.configfile import load_file
 from bgpvip.core import services as svc
 from bgpvip.core.config import CheckKey, Config, ConfigError
 from bgpvip.core.desired import NodeState, check_keys
-from bgpvip.core.model import Applied, Decision, Reason, Route
+from bgpvip.core.model import Applied, Decision, ProbeResult, Reason, Route
 from bgpvip.reconcile import (
     ConfigChanged,
     DrainChanged,
@@ -94,11 +94,17 @@ class ProbeManager:
 
     async def _run(self, key: CheckKey, check: Any) -> None:
         probe = probes.make_probe(check)
+        last: list[ProbeResult] = []
+
+        def emit(result: ProbeResult) -> None:
+            last[:] = [result]
+            self._rec.post(ProbeDone(key, result))
+
         try:
             await probes.run_check(
                 probe,
-                emit=lambda result: self._rec.post(ProbeDone(key, result)),
-                next_delay=lambda: self._rec.next_delay(key),
+                emit=emit,
+                next_delay=lambda: self._rec.next_delay(key, last[0] if last else None),
             )
         finally:
             with contextlib.suppress(Exception):

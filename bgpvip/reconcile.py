@@ -201,13 +201,19 @@ class Reconciler:
         assert self._loop is not None, "post_threadsafe before run()"
         self._loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
-    def next_delay(self, key: CheckKey) -> float:
-        """Probe pace for one check: fast while its state is changing."""
+    def next_delay(self, key: CheckKey, pending: ProbeResult | None = None) -> float:
+        """Probe pace for one check: fast while its state is changing.
+
+        `pending` is the result the probe just emitted: the probe asks for its next delay
+        before this loop has folded that result in, so the state it implies is computed here
+        (otherwise the first failure would wait a full interval for its confirmation)."""
         vip = next((v for v in self.world.config.vips if v.label == key.vip), None)
         if vip is None or key.index >= len(vip.checks):
             return 1.0
         check = vip.checks[key.index]
         h = self.world.health.get(key, healthmod.initial())
+        if pending is not None and h.last is not pending:
+            h = healthmod.step(h, pending, rise=check.rise, fall=check.fall)
         return healthmod.next_delay(h, interval=check.interval, fast_interval=check.fast_interval)
 
     # ---- folding events into the world

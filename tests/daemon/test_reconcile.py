@@ -256,6 +256,19 @@ async def test_next_delay_is_fast_while_settling() -> None:
         assert h.rec.next_delay(API) == healthmod.BROKEN_RECHECK_DELAY
 
 
+async def test_next_delay_accounts_for_the_result_not_yet_folded_in() -> None:
+    """The probe asks for its next delay right after emitting, before the loop ran: a first
+    broken failure must be confirmed at once, not after a full interval."""
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(API, ok()), ProbeDone(API, ok()))
+        assert h.rec.next_delay(API) == 0.1
+        pending = fail()
+        h.rec.post(ProbeDone(API, pending))  # queued, not processed yet
+        assert h.rec.next_delay(API, pending) == healthmod.BROKEN_RECHECK_DELAY
+        await h.settle()
+        assert h.rec.next_delay(API, pending) == healthmod.BROKEN_RECHECK_DELAY  # not stepped twice
+
+
 async def test_peer_events_are_recorded() -> None:
     async with Harness(make_config()) as h:
         await h.send(PeerChanged("10.0.1.1", "up"))
