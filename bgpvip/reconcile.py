@@ -308,9 +308,11 @@ class Reconciler:
             await self._refresh_applied()
         desired = self._compute()
         actions = plan.diff(desired, self.applied)
-        if resync and desired.routes:
-            # Level-triggered: re-assert every wanted route. ExaBGP drops identical repeats
-            # on the floor (nothing goes on the wire), so this only heals a lost announce.
+        if resync and desired.routes and not hasattr(self._routes, "announced"):
+            # Level-triggered without a way to read the truth back: re-assert every wanted
+            # route (ExaBGP drops identical repeats, nothing goes on the wire). When the port
+            # can dump its RIB, _refresh_applied already compared against the truth, and
+            # re-announcing 10,000 routes would hold the loop for seconds for nothing.
             missing = [a for a in actions if isinstance(a, Announce)]
             if not missing:
                 actions = (*actions, Announce(tuple(sorted(desired.routes, key=_route_order))))

@@ -20,6 +20,7 @@ from bgpvip.reconcile import (
     PeerChanged,
     ProbeDone,
     Reconciler,
+    Resync,
     StopRequested,
     World,
     seed_health,
@@ -279,3 +280,15 @@ async def test_fake_exabgp_catches_withdraw_of_unknown_route() -> None:
     exa = FakeExaBGP()
     with pytest.raises(InvariantViolation):
         await exa.withdraw([Route(prefix=host_network(VIP))])
+
+
+async def test_resync_heals_a_route_lost_from_exabgp_without_reannouncing_the_rest() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(WEB, ok()), ProbeDone(API, ok()), ProbeDone(API, ok()))
+        assert h.announced() == {VIP, VIP2}
+        del h.exa.rib[host_network(VIP)]  # lost behind our back (e.g. ExaBGP restarted)
+        before = len(h.exa.log)
+        await h.send(Resync())
+        assert h.announced() == {VIP, VIP2}
+        (verb, routes), *rest = h.exa.log[before:]
+        assert (verb, [str(r.prefix) for r in routes], rest) == ("announce", [f"{VIP}/32"], [])
