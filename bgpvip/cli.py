@@ -278,5 +278,118 @@ def undrain(config_path: Path) -> None:
     click.echo(f"undrained: {path} removed")
 
 
+@main.command()
+@config_option
+@click.option(
+    "--namespace",
+    default=None,
+    help="Namespace of the leader-election Lease. Default: the pod's own namespace (from its "
+    "ServiceAccount), else bgpvip-system.",
+)
+@click.option(
+    "--identity",
+    default=None,
+    help="This replica's name in the Lease. Default: $POD_NAME, else the host name. Must differ "
+    "between replicas.",
+)
+@click.option("--lease-name", default="bgpvip-controller", show_default=True, help="Name of the Lease.")
+@click.option(
+    "--listen",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for /healthz, /metrics and /status (unauthenticated, read-only). In a pod, use "
+    "the pod IP so the kubelet's probes and Prometheus reach it.",
+)
+@click.option(
+    "--port",
+    default=9475,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port for /healthz, /metrics, /status.",
+)
+@click.option(
+    "--lease-duration",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="Seconds without a renewal after which another replica takes over.",
+)
+@click.option(
+    "--renew-deadline",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="A leader that could not renew for this long stops writing (must be < --lease-duration).",
+)
+@click.option(
+    "--renew-interval",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between renewals (must be < --renew-deadline).",
+)
+@click.option(
+    "--retry-period",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between a follower's Lease checks and a leader's retries of a failed renewal.",
+)
+def controller(
+    *,
+    config_path: Path,
+    namespace: str | None,
+    identity: str | None,
+    lease_name: str,
+    listen: str,
+    port: int,
+    lease_duration: float,
+    renew_deadline: float,
+    renew_interval: float,
+    retry_period: float,
+) -> None:
+    """Assign LoadBalancer IPs from the configured pools, as a cloud would.
+
+    Watches every Service; each `type: LoadBalancer` Service of bgpvip's loadBalancerClass gets
+    addresses from the pools in the config (the same file the speakers read), written to
+    status.loadBalancer.ingress; the speakers then announce them. Run two replicas: a Lease
+    (coordination.k8s.io) elects the one that writes, and the other takes over within the
+    lease duration. Existing addresses never move on a takeover or restart: the allocations are
+    rebuilt from the Services' statuses before anything new is assigned.
+
+    \b
+    Per Service (annotations):
+      bgpvip.io/loadBalancerIPs: 203.0.113.10,2001:db8::10   ask for these addresses
+      bgpvip.io/pool: NAME                                    allocate from this pool
+      bgpvip.io/sharing-key: KEY                              share an address with others
+
+    Refusals (pool exhausted, address taken, not in any pool, malformed annotation, ...) are
+    Warning Events on the Service: `kubectl describe service NAME`. Needs RBAC for services
+    (get, list, watch), services/status (update, patch), events (create, patch) and leases in
+    its namespace; k8s/controller/ has it all. Guide: docs/loadbalancer-ips.md.
+    """
+    from bgpvip.controller import ControllerOptions, controller_main, default_identity, default_namespace
+
+    try:
+        options = ControllerOptions(
+            identity=identity or default_identity(),
+            namespace=namespace or default_namespace(),
+            lease_name=lease_name,
+            listen=listen,
+            port=port,
+            lease_duration=lease_duration,
+            renew_deadline=renew_deadline,
+            renew_interval=renew_interval,
+            retry_period=retry_period,
+        )
+        if not 0 < renew_interval < renew_deadline < lease_duration or retry_period >= renew_deadline:
+            raise ValueError(
+                "need --renew-interval < --renew-deadline < --lease-duration and --retry-period < --renew-deadline"
+            )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    sys.exit(controller_main(config_path, options, echo=lambda line: click.echo(line, err=True)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -17,11 +17,14 @@ Failure handling, by what the loop does next:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
 import logging
+import math
 import queue
+import random
 import sys
 import threading
 import time
@@ -36,6 +39,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from bgpvip.core.alloc import ANNOTATION_IPS, ANNOTATION_POOL, ANNOTATION_SHARING_KEY, AllocService
 from bgpvip.core.config import Config, KubernetesConfig
 from bgpvip.core.services import (
     DRAIN_ANNOTATION,
@@ -935,3 +939,421 @@ def _done(resp: Any) -> None:
 
 def _timestamp(wall: float) -> str:
     return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------- IP allocation controller
+
+
+def alloc_service_view(obj: Mapping[str, Any]) -> AllocService:
+    """A Service (JSON) → the allocator's view: the speaker's `service_view` with every label, plus
+    the request annotations, IP families, selector and age. Never raises on bad values: they are
+    kept as text for the allocator to refuse with a reason."""
+    base = service_view(obj)
+    meta, spec = _map(obj.get("metadata")), _map(obj.get("spec"))
+    annotations = _map(meta.get("annotations"))
+
+    def optional(v: Any) -> str | None:
+        return None if v is None else _text(v)
+
+    return AllocService(
+        **{f.name: getattr(base, f.name) for f in dataclasses.fields(ServiceView)},
+        created=_text(meta.get("creationTimestamp")),
+        resource_version=_text(meta.get("resourceVersion")),
+        requested_ips=optional(annotations.get(ANNOTATION_IPS)),
+        pool=optional(annotations.get(ANNOTATION_POOL)),
+        sharing_key=optional(annotations.get(ANNOTATION_SHARING_KEY)),
+        load_balancer_ip=optional(spec.get("loadBalancerIP")) or None,
+        ip_families=tuple(_text(f) for f in _seq(spec.get("ipFamilies"))),
+        ip_family_policy=optional(spec.get("ipFamilyPolicy")),
+        selector=tuple(sorted((str(k), _text(v)) for k, v in _map(spec.get("selector")).items())),
+    )
+
+
+class AllocationWatcher(KubeWatcher):
+    """List+watch of every Service for the allocation controller, as `AllocService` views.
+
+    The speaker's watcher with one kind and another translation: the same list-then-watch, 410
+    and outage handling, and the same `KubeSynced`/`KubeUpsert`/`KubeDelete`/`KubeUnavailable`
+    events (kind SERVICE). Every label is kept: pools select on them and the controller is one
+    process, not one per node."""
+
+    def __init__(self, api: client.ApiClient, *, emit: Emit, **kw: Any) -> None:
+        super().__init__(api, node_name="", emit=emit, kinds=(KubeKind.SERVICE,), label_keys=None, **kw)
+        self._specs = [dataclasses.replace(spec, convert=alloc_service_view) for spec in self._specs]
+
+
+def patch_service_status(
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    ips: Sequence[str],
+    *,
+    resource_version: str = "",
+    timeout: float = 10.0,
+) -> AllocService:
+    """Set `status.loadBalancer.ingress` to `ips` (empty: remove it) through the status
+    subresource, as a JSON merge patch. With `resource_version`, the write fails with 409 if the
+    Service changed since that version: the caller decided on what it saw then, so it must see
+    the change (its watch delivers it) and decide again. Returns the Service as written."""
+    body: dict[str, Any] = {"status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips] or None}}}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    resp = _Http(api).request(
+        "PATCH",
+        "/api/v1/namespaces/{namespace}/services/{name}/status",
+        path_params={"namespace": namespace, "name": name},
+        body=body,
+        content_type="application/merge-patch+json",
+        timeout=timeout,
+    )
+    try:
+        data = json.loads(resp.data)
+    finally:
+        resp.release_conn()
+    return alloc_service_view(data)
+
+
+_MICRO_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def _micro_time(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).strftime(_MICRO_TIME)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """The leader-election fields of a coordination.k8s.io/v1 Lease."""
+
+    holder: str = ""
+    """`spec.holderIdentity`; empty when nobody holds it (released)."""
+    duration: int = 0
+    """`spec.leaseDurationSeconds` the holder promised to renew within."""
+    acquire_time: str = ""
+    renew_time: str = ""
+    transitions: int = 0
+    """`spec.leaseTransitions`: how many times the holder changed."""
+
+    @classmethod
+    def from_lease(cls, obj: Mapping[str, Any]) -> LeaseRecord:
+        spec = _map(obj.get("spec"))
+        duration, transitions = spec.get("leaseDurationSeconds"), spec.get("leaseTransitions")
+        return cls(
+            holder=_text(spec.get("holderIdentity")),
+            duration=duration if isinstance(duration, int) and not isinstance(duration, bool) else 0,
+            acquire_time=_text(spec.get("acquireTime")),
+            renew_time=_text(spec.get("renewTime")),
+            transitions=transitions
+            if isinstance(transitions, int) and not isinstance(transitions, bool)
+            else 0,
+        )
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "holderIdentity": self.holder or None,
+            "leaseDurationSeconds": self.duration,
+            "acquireTime": self.acquire_time or None,
+            "renewTime": self.renew_time or None,
+            "leaseTransitions": self.transitions,
+        }
+
+
+@dataclass
+class LeaderStats:
+    acquired: int = 0
+    """Times this elector became the leader."""
+    renewed: int = 0
+    lost: int = 0
+    """Times it stopped being the leader without being asked to (renew deadline passed)."""
+    conflicts: int = 0
+    """409 answers: someone else wrote the Lease first; re-read on the next attempt."""
+    failures: int = 0
+    """Requests that failed (API unreachable, 5xx, ...)."""
+
+
+class LeaderElector:
+    """Leader election over a coordination.k8s.io/v1 Lease, with client-go's semantics.
+
+    Every `retry_period` (jittered) a candidate reads the Lease. It takes the Lease when nobody
+    holds it, or when the record has not changed for the holder's `leaseDurationSeconds` as
+    measured on this process's own clock from when it last saw a change (never from the record's
+    `renewTime`, so clock skew between nodes does not matter). The leader renews every
+    `renew_interval`; when it has not renewed for `renew_deadline` it steps down, before any
+    other candidate may take over (`renew_deadline` < `lease_duration`). Every write carries the
+    Lease's resourceVersion: of two writers one gets 409 and re-reads.
+
+    `is_leader` is what writers check before each write; `on_change(leading)` is called from
+    this elector's thread on every change. `stop()` releases the Lease (empty holder) so a
+    successor takes over at its next attempt instead of after `lease_duration`.
+    """
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_duration: float = 15.0,
+        renew_interval: float = 5.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+        on_change: Callable[[bool], None] | None = None,
+        request_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        if not identity:
+            raise ValueError("leader election needs a non-empty identity")
+        if not 0 < renew_interval < renew_deadline < lease_duration:
+            raise ValueError("need 0 < renew_interval < renew_deadline < lease_duration")
+        if not 0 < retry_period < renew_deadline:
+            raise ValueError("need 0 < retry_period < renew_deadline")
+        self._http = _Http(api)
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_interval = renew_interval
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self.request_timeout = (
+            request_timeout if request_timeout is not None else min(renew_deadline / 2, 5.0)
+        )
+        """Per request: a renewal that hangs gives up in time for one more try before the deadline."""
+        self._on_change = on_change
+        self._clock = clock
+        self._wall = wall
+        self.stats = LeaderStats()
+        self._lock = threading.Lock()
+        self._leading = False
+        self._renewed_at = -math.inf
+        self._observed: LeaseRecord | None = None
+        self._observed_at = -math.inf
+        self._stopping = threading.Event()
+        self._release_on_stop = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def _path(self) -> str:
+        return "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this process holds the Lease and renewed it within `renew_deadline`."""
+        with self._lock:
+            return self._leading and self._clock() < self._renewed_at + self.renew_deadline
+
+    @property
+    def holder(self) -> str:
+        """The holder identity last seen in the Lease ("" if none or not read yet)."""
+        observed = self._observed
+        return observed.holder if observed is not None else ""
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, release: bool = True, timeout: float = 5.0) -> None:
+        """Stop campaigning. With `release`, a leader empties the Lease's holder first; without it,
+        the Lease simply stops being renewed (as when the process dies)."""
+        self._release_on_stop = release
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("leader election thread still running after %.1fs", timeout)
+
+    # ----------------------------------------------------------------- the loop
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            started = self._clock()
+            try:
+                ok = self._try_acquire_or_renew(started)
+                failures = 0
+            except Exception as e:
+                ok = False
+                failures += 1
+                self.stats.failures += 1
+                expected = isinstance(e, (ApiException, urllib3.exceptions.HTTPError, OSError))
+                log.warning(
+                    "leader election: %s lease %s/%s failed (%s)",
+                    "renewing" if self._leading else "reading",
+                    self.namespace,
+                    self.name,
+                    _describe(e),
+                    exc_info=not expected,
+                )
+            if ok:
+                with self._lock:
+                    self._renewed_at = started
+                    was, self._leading = self._leading, True
+                if was:
+                    self.stats.renewed += 1
+                else:
+                    self.stats.acquired += 1
+                    log.info(
+                        "leader election: %s is now the leader (lease %s/%s)",
+                        self.identity,
+                        self.namespace,
+                        self.name,
+                    )
+                    self._notify(True)
+                self._stopping.wait(self.renew_interval)
+                continue
+            if self._leading and self._clock() >= self._renewed_at + self.renew_deadline:
+                self._step_down(f"not renewed for {self.renew_deadline:g}s")
+            self._stopping.wait(self._pause(failures))
+        self._finish()
+
+    def _step_down(self, why: str) -> None:
+        with self._lock:
+            self._leading = False
+        self.stats.lost += 1
+        log.warning(
+            "leader election: %s is no longer the leader of lease %s/%s: %s",
+            self.identity,
+            self.namespace,
+            self.name,
+            why,
+        )
+        self._notify(False)
+
+    def _pause(self, failures: int) -> float:
+        if self._leading or failures == 0:
+            # client-go's JitterUntil(retryPeriod, 1.2): candidates do not poll in lockstep
+            return self.retry_period * (1 + 0.2 * random.random())
+        # Unreachable API: back off, but never so long that a returning API goes unused for
+        # more than a lease duration.
+        return min(self.lease_duration, self.retry_period * float(2 ** min(failures - 1, 10)))
+
+    def _finish(self) -> None:
+        with self._lock:
+            leading, self._leading = self._leading, False
+        if not leading:
+            return
+        if self._release_on_stop:
+            try:
+                self._release()
+                log.info("leader election: %s released lease %s/%s", self.identity, self.namespace, self.name)
+            except Exception as e:
+                log.warning(
+                    "leader election: releasing lease %s/%s failed (%s)",
+                    self.namespace,
+                    self.name,
+                    _describe(e),
+                )
+        self._notify(False)
+
+    def _notify(self, leading: bool) -> None:
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(leading)
+        except Exception:
+            log.exception("leader election: on_change(%s) failed", leading)
+
+    # ----------------------------------------------------------------- requests
+
+    def _get(self) -> tuple[LeaseRecord, str] | None:
+        try:
+            resp = self._http.request(
+                "GET",
+                self._path + "/{name}",
+                path_params={"namespace": self.namespace, "name": self.name},
+                timeout=self.request_timeout,
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        try:
+            obj = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        return LeaseRecord.from_lease(_map(obj)), _text(
+            _map(_map(obj).get("metadata")).get("resourceVersion")
+        )
+
+    def _write(self, method: str, record: LeaseRecord, resource_version: str = "") -> bool:
+        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": record.spec(),
+        }
+        path = self._path if method == "POST" else self._path + "/{name}"
+        try:
+            resp = self._http.request(
+                method,
+                path,
+                path_params={"namespace": self.namespace, "name": self.name},
+                body=body,
+                timeout=self.request_timeout,
+            )
+        except ApiException as e:
+            if e.status == 409:
+                self.stats.conflicts += 1
+                log.debug(
+                    "leader election: lease %s/%s changed under us (409); re-reading",
+                    self.namespace,
+                    self.name,
+                )
+                return False
+            raise
+        _done(resp)
+        self._observe(record)
+        return True
+
+    def _observe(self, record: LeaseRecord) -> None:
+        if record != self._observed:
+            self._observed = record
+            self._observed_at = self._clock()
+
+    def _try_acquire_or_renew(self, now: float) -> bool:
+        stamp = _micro_time(self._wall())
+        duration = max(1, math.ceil(self.lease_duration))
+        got = self._get()
+        if got is None:
+            mine = LeaseRecord(self.identity, duration, stamp, stamp, 0)
+            return self._write("POST", mine)
+        record, rv = got
+        self._observe(record)
+        if record.holder and record.holder != self.identity:
+            if self._leading:
+                self._step_down(f"the lease is held by {record.holder}")
+            held_for = record.duration or duration
+            if now < self._observed_at + held_for:
+                return False
+            log.info(
+                "leader election: lease %s/%s of %s not renewed for %ss; taking over",
+                self.namespace,
+                self.name,
+                record.holder,
+                held_for,
+            )
+        if record.holder == self.identity:
+            mine = dataclasses.replace(record, duration=duration, renew_time=stamp)
+        else:
+            mine = LeaseRecord(self.identity, duration, stamp, stamp, record.transitions + 1)
+        return self._write("PUT", mine, rv)
+
+    def _release(self) -> None:
+        got = self._get()
+        if got is None or got[0].holder != self.identity:
+            return
+        record, rv = got
+        stamp = _micro_time(self._wall())
+        self._write(
+            "PUT",
+            dataclasses.replace(record, holder="", duration=1, acquire_time=stamp, renew_time=stamp),
+            rv,
+        )
