@@ -7,6 +7,9 @@ speakers reach it across r1 like a real API server. Outages cut the relay's upst
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -190,3 +193,87 @@ def test_api_outage_changes_nothing_then_converges(
     finally:
         api.restore()
     wait_gateways(lab, "203.0.113.13/32", set(), timeout=60)
+
+
+def test_controller_assigns_speakers_announce_client_connects(
+    lab: nslab.Lab, api: FakeKubeAPI, speakers: dict[str, Speaker]
+) -> None:
+    """Issue 5 end to end: a Service created without an address gets one from the controller,
+    the speakers announce it, and the client's TCP connection through r1 is answered."""
+    work = lab.state_dir / "controller"
+    work.mkdir(exist_ok=True)
+    kubeconfig = work / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{api.url}'}}}}]\n"
+        "users: [{name: u, user: {}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: u}}]\n"
+        "current-context: fake\n"
+    )
+    config = work / "config.yaml"
+    config.write_text(
+        "bgp: {local_as: 65100, peers: [{address: 10.0.1.1, peer_as: 65000}]}\n"
+        f"pools: [{{name: default, addresses: ['203.0.113.64/26']}}]\n"
+        f"kubernetes: {{enabled: true, kubeconfig: '{kubeconfig}'}}\n"
+    )
+    log = lab.log_dir / "controller.log"
+    lab.register_log("controller", log)
+    with log.open("w") as stderr:
+        controller = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bgpvip",
+                "controller",
+                "--config",
+                str(config),
+                "--namespace",
+                "bgpvip-system",
+                "--identity",
+                "lab",
+                "--port",
+                "0",
+            ],
+            stderr=stderr,
+        )
+    servers: list[subprocess.Popen[bytes]] = []
+    address = ""
+    try:
+        svc = service("shop", "203.0.113.64")
+        svc["status"] = {}
+        api.put("services", svc)
+        api.put("endpointslices", endpoint_slice("shop", "n1"))
+
+        def assigned() -> bool:
+            nonlocal address
+            ingress = (api.get("services", "default", "shop") or {}).get("status", {}).get("loadBalancer", {})
+            ips = [i.get("ip") for i in ingress.get("ingress", [])]
+            address = ips[0] if ips else ""
+            return bool(address)
+
+        eventually(assigned, what=f"the controller writing an address; log:\n{log.read_text()}")
+        assert address.startswith("203.0.113.") and 64 <= int(address.rsplit(".", 1)[1]) < 128
+        wait_gateways(lab, f"{address}/32", set(NODES))
+        # kube-proxy's part, which this lab has not got: the nodes accept the address and serve
+        for n in NODES:
+            lab.exec(n, ["ip", "addr", "add", f"{address}/32", "dev", "lo"])
+            servers.append(
+                lab.popen(
+                    n, [sys.executable, str(nslab.HELPERS_DIR / "namesrv.py"), "--name", n, "--port", "8081"]
+                )
+            )
+        lab.wait_tcp("client", address, 8081, timeout=20)
+        assert lab.http_get("client", address, 8081).strip() in NODES
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        try:
+            controller.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            controller.kill()
+            controller.wait()
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+        if address:
+            for n in NODES:
+                lab.exec(n, ["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=False)
