@@ -1,11 +1,17 @@
-"""Fixtures for the adapter tests: golden files (`--update-golden` rewrites them)."""
+"""Fixtures for the adapter tests: golden files (`--update-golden` rewrites them) and the fake
+Kubernetes API with a client pointed at it (misuse of the API fails the test)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
+
+from bgpvip.adapters.kube import make_api_client
+from bgpvip.core.config import KubernetesConfig
+from tests.kubeapi import FakeKubeAPI
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 
@@ -28,3 +34,20 @@ def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
         )
 
     return check
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeAPI]:
+    server = FakeKubeAPI().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert server.misuse == [], "the client used the API in a way no apiserver serves"
+
+
+@pytest.fixture
+def api_client(api: FakeKubeAPI) -> Iterator[client.ApiClient]:
+    c = make_api_client(KubernetesConfig(), configuration=api.configuration())
+    yield c
+    c.close()

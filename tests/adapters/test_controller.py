@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from kubernetes import client
 from prometheus_client import generate_latest
 
-from bgpvip.adapters.kube import EventRecorder, make_api_client
+from bgpvip.adapters.kube import EventRecorder
 from bgpvip.cli import main as cli
 from bgpvip.controller import Controller, ControllerOptions
-from bgpvip.core.config import Config, KubernetesConfig, load
+from bgpvip.core.config import Config, load
 from tests.kubeapi import FakeKubeAPI
 
 NS = "bgpvip-system"
@@ -50,23 +50,6 @@ CONFIG = load(CONFIG_DOC)
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    server = FakeKubeAPI().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert server.misuse == [], "the client used the API in a way no apiserver serves"
-
-
-@pytest.fixture
-def api_client(api: FakeKubeAPI) -> Iterator[client.ApiClient]:
-    c = make_api_client(KubernetesConfig(), configuration=api.configuration())
-    yield c
-    c.close()
 
 
 class Running:

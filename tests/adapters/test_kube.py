@@ -19,11 +19,10 @@ from bgpvip.adapters.kube import (
     MalformedObject,
     ObjectRef,
     endpoint_slice_view,
-    make_api_client,
     node_view,
     service_view,
 )
-from bgpvip.core.config import KubernetesConfig, load
+from bgpvip.core.config import load
 from bgpvip.core.model import Reason
 from bgpvip.core.services import (
     EndpointSliceView,
@@ -133,23 +132,6 @@ def lists(api: FakeKubeAPI, plural: str) -> list[Recorded]:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    server = FakeKubeAPI().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert server.misuse == [], "the client used the API in a way no apiserver serves"
-
-
-@pytest.fixture
-def api_client(api: FakeKubeAPI) -> Iterator[client.ApiClient]:
-    c = make_api_client(KubernetesConfig(), configuration=api.configuration())
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from bgpvip.adapters.kube import LeaderElector, LeaseRecord, make_api_client
-from bgpvip.core.config import KubernetesConfig
+from bgpvip.adapters.kube import LeaderElector, LeaseRecord
 from tests.kubeapi import FakeKubeAPI, Recorded
 
 NS = "bgpvip-system"
@@ -21,23 +20,6 @@ LEASE = "bgpvip-controller"
 MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 # Short timings; the ratios are the production ones (15 / 10 / 5 / 2).
 FAST = {"lease_duration": 1.0, "renew_deadline": 0.6, "renew_interval": 0.3, "retry_period": 0.1}
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    server = FakeKubeAPI().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert server.misuse == [], "the client used the API in a way no apiserver serves"
-
-
-@pytest.fixture
-def api_client(api: FakeKubeAPI) -> Iterator[client.ApiClient]:
-    c = make_api_client(KubernetesConfig(), configuration=api.configuration())
-    yield c
-    c.close()
 
 
 class Candidate:
