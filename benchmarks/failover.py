@@ -73,6 +73,7 @@ sys.path.insert(0, str(REPO / "lab"))
 
 import bgpvip_lab  # noqa: E402
 import nslab  # noqa: E402
+from benchutil import percentile, stop_process  # noqa: E402
 
 VIP = "198.51.100.10"
 PREFIX = f"{VIP}/32"
@@ -173,7 +174,7 @@ class NetlinkWatcher:
             offset += (length + 3) & ~3
             if kind in (RTM_NEWROUTE, RTM_DELROUTE) and len(body) >= 12:
                 family, dst_len, _s, _t, table = struct.unpack_from("=BBBBB", body)
-                attrs = _attrs(body, 12)
+                attrs = nslab.rtattrs(body, 12)
                 if RTA_TABLE in attrs:
                     table = struct.unpack("=I", attrs[RTA_TABLE])[0]
                 if family != socket.AF_INET or table != RT_TABLE_MAIN or RTA_DST not in attrs:
@@ -182,7 +183,7 @@ class NetlinkWatcher:
                 out.append(("new" if kind == RTM_NEWROUTE else "del", f"{dst}/{dst_len}"))
             elif kind in (RTM_NEWADDR, RTM_DELADDR) and len(body) >= 8:
                 family = body[0]
-                attrs = _attrs(body, 8)
+                attrs = nslab.rtattrs(body, 8)
                 raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
                 if family != socket.AF_INET or raw is None:
                     continue
@@ -233,17 +234,6 @@ class NetlinkWatcher:
                 return polled_at, "poll"
             if now > deadline:
                 return None
-
-
-def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -365,27 +355,6 @@ def start_namesrv(
     if wait:
         lab.wait_tcp(node, "127.0.0.1", PORT, timeout=10)
     return proc
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    """SIGTERM one process we started (by its PID), SIGKILL after ``timeout``."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(values)
-    k = (len(s) - 1) * p
-    lo = math.floor(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def summarize(samples: Sequence[float]) -> dict[str, float] | None:

@@ -50,7 +50,6 @@ import errno
 import importlib.metadata
 import ipaddress
 import json
-import math
 import os
 import platform
 import random
@@ -78,6 +77,7 @@ sys.path.insert(0, str(REPO))
 
 import bgpvip_lab  # noqa: E402
 import nslab  # noqa: E402
+from benchutil import percentile, stop_process  # noqa: E402
 
 NODE = "n1"
 OTHER = "n2"
@@ -170,17 +170,6 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- route watcher
 
 
-def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while offset + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return out
-
-
 class RouteWatch:
     """The pool's /32s in r1's main table, kept from rtnetlink events, with arrival stamps.
 
@@ -237,7 +226,7 @@ class RouteWatch:
             family, dst_len, _s, _t, table = struct.unpack_from("=BBBBB", data, start)
             if family != socket.AF_INET or dst_len != 32:
                 continue
-            attrs = _attrs(data, start + 12, end)
+            attrs = nslab.rtattrs(data, start + 12, end)
             if RTA_TABLE in attrs:
                 table = struct.unpack("=I", attrs[RTA_TABLE])[0]
             raw = attrs.get(RTA_DST)
@@ -418,27 +407,6 @@ def children(pid: int) -> list[int]:
             if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
                 found.append(int(entry.name))
     return sorted(found)
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
-    """SIGTERM one process we started (by its PID), SIGKILL after `timeout`."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(values)
-    k = (len(s) - 1) * p
-    lo = math.floor(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def summarize(samples: Sequence[float]) -> dict[str, float] | None:
@@ -806,7 +774,7 @@ class Bench:
             self.watch.arm(0)
             t_stop = time.monotonic()
         finally:
-            stop_process(proc)
+            stop_process(proc, timeout=30.0)
         t_gone, _, _ = self.watch.wait_count(t_stop + 60)
         log(f"raw ExaBGP stopped: r1 empty after {t_gone - t_stop:.2f}s")
         return {

@@ -286,7 +286,8 @@ def _align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _attrs(data: bytes, offset: int, end: int | None = None) -> dict[int, bytes]:
+def rtattrs(data: bytes, offset: int, end: int | None = None) -> dict[int, bytes]:
+    """Netlink attributes (rtattr) from `offset` to `end` of a message: type -> payload."""
     end = len(data) if end is None else end
     out: dict[int, bytes] = {}
     while offset + 4 <= end:
@@ -350,7 +351,7 @@ class RouteReader:
                 _RTM_GETLINK, _NLM_F_REQUEST | _NLM_F_DUMP, struct.pack("=BxHiII", 0, 0, 0, 0, 0)
             ):
                 index = struct.unpack_from("=i", body, 4)[0]
-                name = _attrs(body, 16).get(_IFLA_IFNAME, b"").split(b"\0")[0].decode()
+                name = rtattrs(body, 16).get(_IFLA_IFNAME, b"").split(b"\0")[0].decode()
                 links[index] = name
             self._links = links
         return self._links
@@ -385,7 +386,7 @@ class RouteReader:
         family, dst_len, _src, _tos, table, proto, _scope, rtype, _flags = struct.unpack_from(
             "=BBBBBBBBI", body
         )
-        attrs = _attrs(body, 12)
+        attrs = rtattrs(body, 12)
         if _RTA_DST in attrs:
             dst = _addr(family, attrs[_RTA_DST])
         else:
@@ -414,7 +415,7 @@ class RouteReader:
                 length, _nhflags, hops, ifindex = struct.unpack_from("=HBBi", mp, offset)
                 if length < 8:
                     break
-                nh_attrs = _attrs(mp, offset + 8, offset + length)
+                nh_attrs = rtattrs(mp, offset + 8, offset + length)
                 route["nexthops"].append(self._nexthop(family, nh_attrs, ifindex, hops + 1))
                 offset += _align4(length)
         return route
