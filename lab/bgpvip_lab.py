@@ -81,6 +81,9 @@ class Speaker:
     config_path: Path
     process: subprocess.Popen[bytes]
     workdir: Path
+    log: Path | None = None
+    log_offset: int = 0
+    """Where this speaker's lines start in `log` (lab logs are appended to, run after run)."""
     health_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +111,14 @@ class Speaker:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise TimeoutError(f"{self.node}: status endpoint not answering: {result.stderr.strip()}")
             time.sleep(0.1)
+
+    def log_text(self) -> str:
+        """This speaker's own log lines (ExaBGP's and bgpvip's), not those of earlier runs."""
+        if self.log is None:
+            return ""
+        with self.log.open("rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode(errors="replace")
 
     def drain(self) -> None:
         self.bgpvip("drain")
@@ -165,11 +176,12 @@ def start_speaker(lab: Lab, node: str, config: dict[str, Any], *, name: str = "b
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {"BGPVIP_LOG_LEVEL": os.environ.get("BGPVIP_LOG_LEVEL", "INFO"), "PYTHONUNBUFFERED": "1"}
     log = lab.log_dir / f"{node}-{name}.log"
+    offset = log.stat().st_size if log.exists() else 0
     proc = lab.popen(
         node, [sys.executable, "-m", "bgpvip", "run", "--config", str(path)], log_path=log, name=name, env=env
     )
     lab.register_log(f"{node} bgpvip", log)
-    return Speaker(lab, node, path, proc, work)
+    return Speaker(lab, node, path, proc, work, log, offset)
 
 
 def start_demo_speaker(lab: Lab, node: str, vips: Sequence[str]) -> Speaker:

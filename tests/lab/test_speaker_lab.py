@@ -146,7 +146,7 @@ def test_sigterm_to_speaker_withdraws_before_it_exits(
     lab.wait_prefix(PREFIX, present=False, timeout=5)
     assert os.path.exists(f"/proc/{pid}"), "the route must be gone while the speaker is still running"
     wait_until(lambda: speaker.speaker_pid() not in (None, pid), what="ExaBGP respawning the speaker")
-    log = (lab.log_dir / "n1-bgpvip.log").read_text()
+    log = speaker.log_text()
     assert "event=withdraw prefix=198.51.100.10/32 ok=True" in log
     assert "event=exit code=0" in log
     # the respawned speaker announces again: the service is still healthy
@@ -162,7 +162,7 @@ def test_sigterm_to_bgpvip_run_withdraws_removes_address_and_exits_0(
     assert speaker.stop(timeout=30) == 0
     assert lab.route(PREFIX) is None
     assert VIP not in lo_addresses(lab, "n1")
-    log = (lab.log_dir / "n1-bgpvip.log").read_text()
+    log = speaker.log_text()
     order = [
         log.index(s)
         for s in ("event=withdraw", "event=stop-wait", "event=address-remove", "event=exabgp-stop")
@@ -200,7 +200,7 @@ def test_killed_speaker_is_respawned_without_a_withdrawal(
         watcher.join()
     assert missing == [], f"the route vanished from r1 {len(missing)} times while the speaker restarted"
     assert VIP in lo_addresses(lab, "n1")
-    log = (lab.log_dir / "n1-bgpvip.log").read_text()
+    log = speaker.log_text()
     assert "routes_in_exabgp=1" in log, "the new speaker read the route from ExaBGP's Adj-RIB-Out"
 
 
