@@ -48,6 +48,18 @@ def expand_env(text: str, environ: Mapping[str, str] | None = None, source: str 
     return out
 
 
+def file_stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """What tells a changed config file apart: inode, mtime, size. Follows symlinks, so a
+    ConfigMap update (which swaps `..data` underneath) counts as a change."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def parse_yaml(text: str, source: str = "<config>") -> Any:
     try:
         return yaml.safe_load(text)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -37,8 +36,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bgpvip import logs
 from bgpvip.adapters.kube import (
@@ -49,7 +47,7 @@ from bgpvip.adapters.kube import (
     make_api_client,
     patch_service_status,
 )
-from bgpvip.configfile import load_file
+from bgpvip.configfile import file_stamp, load_file
 from bgpvip.core.alloc import Allocation, Allocations, AllocReason, AllocService, Outcome, allocate
 from bgpvip.core.config import Config, ConfigError
 from bgpvip.core.services import (
@@ -61,6 +59,7 @@ from bgpvip.core.services import (
     KubeUpsert,
     takes_service,
 )
+from bgpvip.status import HttpServer, json_body, metrics_body, text
 
 log = logs.get("controller")
 
@@ -280,7 +279,7 @@ class Controller:
         )
         self._resync_at = 0.0
         self._config_at = 0.0
-        self._config_stamp = _stamp(config_path)
+        self._config_stamp = file_stamp(config_path)
         self._last_reconcile = 0.0
         self._unavailable = ""
 
@@ -297,8 +296,18 @@ class Controller:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        server = await asyncio.start_server(self._http, self.options.listen, self.options.port)
-        self.port = server.sockets[0].getsockname()[1]
+        server = HttpServer(
+            {
+                "/healthz": lambda: text(*self.healthy()),
+                "/metrics": lambda: metrics_body(self.metrics.registry),
+                "/status": lambda: json_body(self.status()),
+            },
+            self.options.listen,
+            self.options.port,
+            name="controller",
+        )
+        await server.start()
+        self.port = server.port
         log.info(
             logs.kv(
                 "controller-started",
@@ -314,15 +323,13 @@ class Controller:
         try:
             release = await self._main()
         finally:
-            server.close()
+            await server.close()
             await self._end_term()
             await asyncio.to_thread(self.elector.stop, release=release)
             self.metrics.follower()
             await asyncio.gather(*self._stopping, return_exceptions=True)
             await asyncio.to_thread(self.recorder.stop)
             self._executor.shutdown(wait=False, cancel_futures=True)
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
             log.info(logs.kv("controller-stopped", identity=self.options.identity, released=release))
 
     # ----------------------------------------------------------------- the loop
@@ -475,7 +482,7 @@ class Controller:
         )
 
     def _reload_config(self) -> None:
-        stamp = _stamp(self.config_path)
+        stamp = file_stamp(self.config_path)
         if self.config_path is None or stamp == self._config_stamp:
             return
         self._config_stamp = stamp
@@ -745,56 +752,9 @@ class Controller:
             return False, "leader election thread is not running"
         return True, f"ok {'leader' if self._leading else 'follower'}"
 
-    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            method, path = (parts[0], parts[1].split("?", 1)[0]) if len(parts) == 3 else ("", "")
-            if method not in ("GET", "HEAD"):
-                code, ctype, body = 405, "text/plain", b"only GET\n"
-            elif path == "/healthz":
-                ok, why = self.healthy()
-                code, ctype, body = (200 if ok else 503), "text/plain", why.encode() + b"\n"
-            elif path == "/metrics":
-                code, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
-            elif path == "/status":
-                code, ctype, body = (
-                    200,
-                    "application/json",
-                    json.dumps(self.status(), indent=2).encode() + b"\n",
-                )
-            else:
-                code, ctype, body = 404, "text/plain", b"try /healthz, /metrics or /status\n"
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[
-                code
-            ]
-            writer.write(
-                f"HTTP/1.0 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            if method != "HEAD":
-                writer.write(body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
 
 class _NotLeader(Exception):
     """The Lease was lost between the decision and the write."""
-
-
-def _stamp(path: Path | None) -> tuple[int, int, int] | None:
-    if path is None:
-        return None
-    try:
-        st = path.stat()  # follows symlinks: a ConfigMap update swaps ..data underneath
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, NoReturn
 from bgpvip import logs
 from bgpvip.adapters import exabgp as exa
 from bgpvip.adapters import kube, netlink, probes
-from bgpvip.configfile import load_file
+from bgpvip.configfile import file_stamp, load_file
 from bgpvip.core import services as svc
 from bgpvip.core.config import CheckKey, Config, ConfigError
 from bgpvip.core.desired import NodeState, check_keys
@@ -42,7 +42,7 @@ from bgpvip.reconcile import (
     World,
     seed_health,
 )
-from bgpvip.status import StatusBoard, StatusServer
+from bgpvip.status import StatusBoard, status_server
 
 log = logs.get("daemon")
 
@@ -61,14 +61,6 @@ class ExaBgpGone(Exception):
 
 def node_name(config: Config) -> str:
     return config.node_name or socket.gethostname().split(".")[0].lower()
-
-
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()  # follows symlinks: a ConfigMap swaps ..data underneath
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class ProbeManager:
@@ -281,12 +273,12 @@ class Speaker:
         """No usable config: keep ExaBGP's routes as they are (fail static), keep reading stdin
         so ExaBGP never blocks, and go on as soon as the file is fixed; None if ExaBGP left."""
         log.error(logs.kv("config-invalid", file=self.config_path, error=str(error)))
-        stamp = _file_stamp(self.config_path)
+        stamp = file_stamp(self.config_path)
         gone = asyncio.create_task(self._pump_exabgp(session, None))
         try:
             while not gone.done():
                 await asyncio.wait({gone}, timeout=CONFIG_POLL)
-                now = _file_stamp(self.config_path)
+                now = file_stamp(self.config_path)
                 if now == stamp or gone.done():
                     continue
                 stamp = now
@@ -359,7 +351,7 @@ class Speaker:
         probe_mgr = ProbeManager(rec)
         server = None
         if config.status.enabled:
-            server = StatusServer(
+            server = status_server(
                 board,
                 str(config.status.listen),
                 config.status.port,
@@ -454,13 +446,13 @@ class Speaker:
     async def _watch_config(
         self, rec: Reconciler, probe_mgr: ProbeManager, board: StatusBoard, reload_now: asyncio.Event
     ) -> None:
-        stamp = _file_stamp(self.config_path)
+        stamp = file_stamp(self.config_path)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(reload_now.wait(), timeout=CONFIG_POLL)
             forced = reload_now.is_set()
             reload_now.clear()
-            now = _file_stamp(self.config_path)
+            now = file_stamp(self.config_path)
             if not forced and now == stamp:
                 continue
             stamp = now

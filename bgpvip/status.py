@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,21 +253,45 @@ class StatusBoard:
         return self.alive(max_silence)
 
 
-class StatusServer:
-    """A tiny HTTP/1.0 server for GET /status, /metrics and /healthz. Read-only."""
+Handler = Callable[[], tuple[int, str, bytes]]
+"""Answers one GET: (status code, content type, body)."""
 
-    def __init__(self, board: StatusBoard, host: str, port: int, *, max_silence: float) -> None:
-        self.board = board
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+def text(ok: bool, why: str) -> tuple[int, str, bytes]:
+    return (200 if ok else 503), "text/plain", why.encode() + b"\n"
+
+
+def json_body(data: object) -> tuple[int, str, bytes]:
+    return 200, "application/json", json.dumps(data, indent=2).encode() + b"\n"
+
+
+def metrics_body(registry: CollectorRegistry) -> tuple[int, str, bytes]:
+    return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+
+
+class HttpServer:
+    """A tiny read-only HTTP/1.0 server: GET and HEAD on a fixed table of paths. The speaker's
+    status endpoint and the controller's both use it."""
+
+    def __init__(self, routes: Mapping[str, Handler], host: str, port: int, *, name: str = "status") -> None:
+        self.routes = dict(routes)
         self.host = host
         self.port = port
-        self.max_silence = max_silence
+        self.name = name
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
-        sock = self._server.sockets[0].getsockname()
-        self.port = sock[1]
-        log.info(logs.kv("status-listening", address=f"{self.host}:{self.port}"))
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(logs.kv(f"{self.name}-listening", address=f"{self.host}:{self.port}"))
 
     async def close(self) -> None:
         if self._server is not None:
@@ -274,43 +299,30 @@ class StatusServer:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
+    def _answer(self, method: str, path: str) -> tuple[int, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET\n"
+        handler = self.routes.get(path)
+        if handler is None:
+            return 404, "text/plain", ("try " + ", ".join(sorted(self.routes)) + "\n").encode()
+        return handler()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            line = request.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = line.split(" ")
-            if len(parts) != 3:
-                await self._send(writer, 400, "text/plain", b"bad request\n")
-                return
-            method, target, _ = parts
-            path = target.split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                await self._send(writer, 405, "text/plain", b"only GET\n")
-            elif path == "/status":
-                body = json.dumps(self.board.snapshot(), indent=2).encode() + b"\n"
-                await self._send(writer, 200, "application/json", body, head=method == "HEAD")
-            elif path == "/metrics":
-                await self._send(
-                    writer,
-                    200,
-                    CONTENT_TYPE_LATEST,
-                    generate_latest(self.board.registry),
-                    head=method == "HEAD",
-                )
-            elif path == "/livez":
-                # Liveness only: the loop runs. A rejected config reload must not make the
-                # kubelet restart every node's speaker at once (that is /healthz's business).
-                ok, why = self.board.alive(self.max_silence)
-                await self._send(
-                    writer, 200 if ok else 503, "text/plain", why.encode() + b"\n", head=method == "HEAD"
-                )
-            elif path == "/healthz":
-                ok, why = self.board.healthy(self.max_silence)
-                await self._send(
-                    writer, 200 if ok else 503, "text/plain", why.encode() + b"\n", head=method == "HEAD"
-                )
+            parts = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            if len(parts) == 3:
+                method, path = parts[0], parts[1].split("?", 1)[0]
+                code, ctype, body = self._answer(method, path)
             else:
-                await self._send(writer, 404, "text/plain", b"try /status, /metrics, /healthz or /livez\n")
+                method, (code, ctype, body) = "", (400, "text/plain", b"bad request\n")
+            writer.write(
+                f"HTTP/1.0 {code} {_REASONS.get(code, '')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            )
+            if method != "HEAD":
+                writer.write(body)
+            await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
@@ -318,21 +330,18 @@ class StatusServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    @staticmethod
-    async def _send(
-        writer: asyncio.StreamWriter, code: int, ctype: str, body: bytes, *, head: bool = False
-    ) -> None:
-        reason = {
-            200: "OK",
-            400: "Bad Request",
-            404: "Not Found",
-            405: "Method Not Allowed",
-            503: "Service Unavailable",
-        }
-        writer.write(
-            f"HTTP/1.0 {code} {reason.get(code, '')}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-        )
-        if not head:
-            writer.write(body)
-        await writer.drain()
+
+def status_server(board: StatusBoard, host: str, port: int, *, max_silence: float) -> HttpServer:
+    """The speaker's endpoint: /status, /metrics, /healthz, and /livez for liveness only (the
+    loop runs), so a rejected config reload does not make the kubelet restart every node's
+    speaker at once; that is /healthz's business."""
+    return HttpServer(
+        {
+            "/status": lambda: json_body(board.snapshot()),
+            "/metrics": lambda: metrics_body(board.registry),
+            "/healthz": lambda: text(*board.healthy(max_silence)),
+            "/livez": lambda: text(*board.alive(max_silence)),
+        },
+        host,
+        port,
+    )
