@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -29,7 +30,7 @@ from bgpvip.configfile import file_stamp, load_file
 from bgpvip.core import services as svc
 from bgpvip.core.config import CheckKey, Config, ConfigError
 from bgpvip.core.desired import NodeState, check_keys
-from bgpvip.core.model import Applied, Decision, ProbeResult, Reason, Route
+from bgpvip.core.model import Applied, ProbeResult, Reason, Route
 from bgpvip.reconcile import (
     ConfigChanged,
     DrainChanged,
@@ -114,11 +115,16 @@ class ProbeManager:
 
 class KubeBridge:
     """Kubernetes into the loop: the watcher's events fold into a KubeState; after each burst
-    the Service decisions are recomputed (in a thread: 10,000 Services take ~200 ms the first
-    time) and posted as one ServicesChanged. Until every kind was listed once nothing is
-    posted, so the loop keeps the Service routes ExaBGP already had (fail static); an API
-    outage leaves the state, and so the routes, as they are. Events on Services record
-    announcements, withdrawals and refusals when a decision changes."""
+    the `ServiceDecider` brings the Service decisions up to date (deciding again only the
+    Services that changed; in a thread, because the first pass over 10,000 Services takes a
+    quarter of a second) and posts the table as one ServicesChanged. Until every kind was
+    listed once nothing is posted, so the loop keeps the Service routes ExaBGP already had
+    (fail static); an API outage leaves the state, and so the routes, as they are.
+
+    Events on Services record announcements, withdrawals and refusals when a decision
+    changes, but not for the first table: a speaker start is not news about 10,000 Services
+    (it would be 10,000 API writes per node), so refusals are recorded then and the rest is
+    summarised in the log."""
 
     REFUSALS = frozenset(
         {
@@ -134,9 +140,9 @@ class KubeBridge:
         self._rec = rec
         self._node = node
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._memo = svc.ServiceMemo()
+        self._decider = svc.ServiceDecider()
         self.state = svc.KubeState()
-        self._previous: dict[tuple[str, str], tuple[bool, Reason]] = {}
+        self.table: svc.ServiceDecisions | None = None
         self._watch_settings: tuple[object, ...] = ()
         self._watcher: kube.KubeWatcher | None = None
         self._recorder: kube.EventRecorder | None = None
@@ -182,47 +188,69 @@ class KubeBridge:
                 if self.state.version == posted_version and config is posted_config:
                     continue
                 state = self.state
-                decisions = await asyncio.to_thread(
-                    svc.decide_services, config, state, self._node, memo=self._memo
-                )
+                table = await asyncio.to_thread(self._decider.update, config, state, self._node)
                 posted_version, posted_config = state.version, config
-                self._rec.post(ServicesChanged(decisions))
-                self._record_changes(decisions, state)
+                previous, self.table = self.table, table
+                if previous is not None and table.by_source is previous.by_source:
+                    continue
+                self._rec.post(ServicesChanged(table))
+                self._record_changes(previous, table, state)
         finally:
             if self._watcher is not None:
                 self._watcher.stop()
             if self._recorder is not None:
                 self._recorder.stop(timeout=2)
 
-    def _record_changes(self, decisions: tuple[Decision, ...], state: svc.KubeState) -> None:
-        current: dict[tuple[str, str], tuple[bool, Reason]] = {}
-        for d in decisions:
-            key = (d.source, str(d.address))
-            current[key] = (d.announce, d.reason)
-            if self._previous.get(key) == current[key] or self._recorder is None:
-                continue
-            _, _, rest = d.source.partition("/")
+    def _record_changes(
+        self, previous: svc.ServiceDecisions | None, table: svc.ServiceDecisions, state: svc.KubeState
+    ) -> None:
+        first = previous is None
+        if first:
+            sources: Iterable[str] = table.by_source.keys()
+            announced = sum(1 for d in table if d.announce)
+            log.info(
+                logs.kv(
+                    "services-decided",
+                    decisions=len(table),
+                    announcing=announced,
+                    routes=len(table.routes),
+                    refused=sum(1 for d in table if d.reason in self.REFUSALS),
+                )
+            )
+        else:
+            assert previous is not None
+            sources = table.by_source.changed_keys(previous.by_source)
+        if self._recorder is None:
+            return
+        for source in sources:
+            now = {str(d.address): d for d in table.by_source.get(source, ())}
+            before = {} if first else {str(d.address): d for d in previous.by_source.get(source, ())}  # type: ignore[union-attr]
+            _, _, rest = source.partition("/")
             namespace, _, name = rest.partition("/")
             view = state.services.get((namespace, name))
             if view is None:
                 continue
             ref = kube.ObjectRef.service(view)
-            if d.announce:
-                self._recorder.record(
-                    ref, "Normal", "Announced", f"{d.address} announced from node {self._node}"
-                )
-            elif d.reason in self.REFUSALS:
-                self._recorder.record(
-                    ref, "Warning", "Refused", f"{d.address} not announced: {d.reason}: {d.detail}"
-                )
-            elif self._previous.get(key, (False, d.reason))[0]:
-                self._recorder.record(
-                    ref,
-                    "Normal",
-                    "Withdrawn",
-                    f"{d.address} withdrawn from node {self._node}: {d.reason}: {d.detail}",
-                )
-        self._previous = current
+            for address, d in now.items():
+                old = before.get(address)
+                if old is not None and (old.announce, old.reason) == (d.announce, d.reason):
+                    continue
+                if d.announce:
+                    if not first:
+                        self._recorder.record(
+                            ref, "Normal", "Announced", f"{d.address} announced from node {self._node}"
+                        )
+                elif d.reason in self.REFUSALS:
+                    self._recorder.record(
+                        ref, "Warning", "Refused", f"{d.address} not announced: {d.reason}: {d.detail}"
+                    )
+                elif old is not None and old.announce:
+                    self._recorder.record(
+                        ref,
+                        "Normal",
+                        "Withdrawn",
+                        f"{d.address} withdrawn from node {self._node}: {d.reason}: {d.detail}",
+                    )
 
 
 class RoutesViaExaBgp:
@@ -333,7 +361,7 @@ class Speaker:
             config=config,
             health=seed_health(config, existing, time.monotonic()),
             node=NodeState(drained=config.drain_file.exists(), stopping=False),
-            services=None if config.kubernetes.enabled else (),
+            services=None if config.kubernetes.enabled else svc.ServiceDecisions(),
         )
         board = StatusBoard(name)
         self.board = board

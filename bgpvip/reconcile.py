@@ -34,6 +34,7 @@ from bgpvip.core.model import (
     Route,
     Withdraw,
 )
+from bgpvip.core.services import ServiceDecisions
 
 log = logs.get("reconcile")
 
@@ -77,9 +78,10 @@ class ConfigChanged:
 
 @dataclass(frozen=True, slots=True)
 class ServicesChanged:
-    """New Service decisions from the Kubernetes side (already computed by the pure core)."""
+    """New Service decisions from the Kubernetes side (already computed by the pure core):
+    the `ServiceDecider`'s table, or plain decisions (tests)."""
 
-    decisions: tuple[Decision, ...]
+    decisions: ServiceDecisions | tuple[Decision, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,7 @@ class World:
     health: dict[CheckKey, healthmod.Health] = field(default_factory=dict)
     node: NodeState = field(default_factory=NodeState)
     peers: dict[str, PeerStatus] = field(default_factory=dict)
-    services: tuple[Decision, ...] | None = ()
+    services: ServiceDecisions | None = field(default_factory=ServiceDecisions)
     """Service decisions from Kubernetes; None until the first complete list (fail static)."""
 
 
@@ -185,6 +187,7 @@ class Reconciler:
         # Routes as the route adapter reports them back (ExaBGP sorts communities, ...), so
         # that what we want and what it says it has compare equal.
         self._canonical = canonical
+        self._canonical_last: tuple[frozenset[Route], frozenset[Route]] = (frozenset(), frozenset())
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self._backoff = Backoff()
         self._retry: asyncio.TimerHandle | None = None
@@ -259,7 +262,10 @@ class Reconciler:
                 self.world = replace(w, config=config, health=self._carry_health(config))
                 return True
             case ServicesChanged(decisions):
-                self.world = replace(w, services=decisions)
+                table = (
+                    decisions if isinstance(decisions, ServiceDecisions) else ServiceDecisions.of(decisions)
+                )
+                self.world = replace(w, services=table)
                 return True
             case Resync():
                 return True
@@ -326,14 +332,32 @@ class Reconciler:
 
     def _compute(self) -> Desired:
         w = self.world
-        services = w.services
+        services: ServiceDecisions | tuple[Decision, ...] | None = w.services
         if services is None:
             services = held_service_routes(w.config, self.applied.routes)
         desired = compute(w.config, w.health, w.node, services)
         if self._canonical is not None:
-            desired = replace(desired, routes=frozenset(map(self._canonical, desired.routes)))
+            desired = replace(desired, routes=self._canonical_routes(desired.routes))
         self.desired = desired
         return desired
+
+    def _canonical_routes(self, routes: frozenset[Route]) -> frozenset[Route]:
+        """`routes` as the route port reports them back. Only routes not seen in the previous
+        pass are converted, so 10,000 unchanged Service routes cost set operations, not calls."""
+        assert self._canonical is not None
+        last_in, last_out = self._canonical_last
+        if routes is last_in:
+            return last_out
+        added = routes - last_in
+        removed = last_in - routes
+        if len(added) + len(removed) > len(routes):
+            out = frozenset(map(self._canonical, routes))
+        else:
+            out = (last_out - frozenset(map(self._canonical, removed))) | frozenset(
+                map(self._canonical, added)
+            )
+        self._canonical_last = (routes, out)
+        return out
 
     async def _execute(self, actions: Iterable[Action]) -> bool:
         for action in actions:
@@ -354,8 +378,11 @@ class Reconciler:
         match action:
             case Withdraw(routes):
                 ok = await self._routes.withdraw(routes)
-                for r in routes:
-                    log.info(logs.kv("withdraw", prefix=r.prefix, ok=ok))
+                if len(routes) <= 20:
+                    for r in routes:
+                        log.info(logs.kv("withdraw", prefix=r.prefix, ok=ok))
+                else:
+                    log.info(logs.kv("withdraw", routes=len(routes), ok=ok))
                 return ok
             case Announce(routes):
                 ok = await self._routes.announce(routes)

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,7 +22,8 @@ from bgpvip import __version__, logs
 from bgpvip.core import health as healthmod
 from bgpvip.core.config import CheckKey
 from bgpvip.core.desired import check_keys
-from bgpvip.core.model import Action, Applied, Decision, Desired, ProbeResult, Route
+from bgpvip.core.model import Action, Applied, Decision, Desired, ProbeResult, Reason, Route
+from bgpvip.core.services import ServiceDecisions
 from bgpvip.reconcile import World
 
 log = logs.get("status")
@@ -51,6 +52,22 @@ class _Since:
     announced: bool
     reason: str
     wall: float
+
+
+def _groups(decisions: Iterable[Decision]) -> dict[str, tuple[Decision, ...]]:
+    out: dict[str, list[Decision]] = {}
+    for d in decisions:
+        out.setdefault(d.source, []).append(d)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _overridden(decisions: tuple[Decision, ...], override: tuple[Reason, str] | None) -> tuple[Decision, ...]:
+    if override is None:
+        return decisions
+    reason, detail = override
+    return tuple(
+        replace(d, announce=False, reason=reason, detail=detail) if d.announce else d for d in decisions
+    )
 
 
 class StatusBoard:
@@ -109,7 +126,8 @@ class StatusBoard:
         self.world: World | None = None
         self.desired = Desired()
         self.applied = Applied()
-        self._since: dict[tuple[str, str], _Since] = {}
+        self._since: dict[str, dict[str, _Since]] = {}
+        """source → address → since when its (announce, reason) holds"""
         self.last_reconcile_monotonic = time.monotonic()
         self.last_errors: list[dict[str, Any]] = []
         self.config_error: str | None = None
@@ -117,43 +135,92 @@ class StatusBoard:
     # ---- Observer
 
     def reconciled(self, world: World, desired: Desired, applied: Applied, seconds: float) -> None:
+        """Called after every pass. Costs O(decisions that changed): with 10,000 Services the
+        loop must not pay a walk over all of them per event. Per-reason counts are left to
+        `refresh_counts`, which the /metrics handler calls."""
+        previous = self.desired
         self.world, self.desired, self.applied = world, desired, applied
         self.last_reconcile_monotonic = time.monotonic()
         self.m_reconciles.inc()
         self.m_reconcile_seconds.observe(seconds)
         self.m_last_reconcile.set(time.time())
         self.m_drained.set(1 if world.node.drained else 0)
-        announced_prefixes = {r.prefix for r in applied.routes}
+        now = time.time()
+        self._track(_groups(desired.own), _groups(previous.own), now)
+        new_t, old_t = desired.table, previous.table
+        if (
+            isinstance(new_t, ServiceDecisions)
+            and isinstance(old_t, ServiceDecisions)
+            and desired.override == previous.override
+        ):
+            changed = new_t.by_source.changed_keys(old_t.by_source)
+            override = desired.override
+            self._track(
+                {s: _overridden(new_t.by_source.get(s, ()), override) for s in changed},
+                {s: () for s in changed},
+                now,
+            )
+        elif new_t is not None or old_t is not None:
+            everything = _groups(d for d in desired.decisions if not d.source.startswith("vip/"))
+            gone = {s: () for s in self._since if not s.startswith("vip/") and s not in everything}
+            self._track(everything, gone, now)
+        # applied routes of the VIPs' prefixes, found through the (C-level) set of keys wanted
+        vip_keys = {d.route.key for d in desired.own if d.route is not None}
+        announced = (
+            {r.key for r in desired.routes & applied.routes if r.key in vip_keys} if vip_keys else set()
+        )
+        for d in desired.own:
+            is_announced = d.announce and d.route is not None and d.route.key in announced
+            self.m_vip_announced.labels(d.source.split("/", 1)[1], str(d.address)).set(
+                1 if is_announced else 0
+            )
+        for peer, st in world.peers.items():
+            self.m_peer_up.labels(peer).set(1 if st.state == "up" else 0)
+
+    def _track(
+        self,
+        groups: Mapping[str, tuple[Decision, ...]],
+        previous: Mapping[str, tuple[Decision, ...]],
+        now: float,
+    ) -> None:
+        """Since-when per decision: kept while (announce, reason) stays the same."""
+        for source in previous.keys() - groups.keys():
+            self._since.pop(source, None)
+        for source, decisions in groups.items():
+            old = self._since.get(source, {})
+            new: dict[str, _Since] = {}
+            for d in decisions:
+                key = str(d.address)
+                prev = old.get(key)
+                if prev is None or prev.announced != d.announce or prev.reason != d.reason.value:
+                    prev = _Since(d.announce, d.reason.value, now)
+                new[key] = prev
+            if new:
+                self._since[source] = new
+            else:
+                self._since.pop(source, None)
+
+    def metrics(self) -> tuple[int, str, bytes]:
+        self.refresh_counts()
+        return metrics_body(self.registry)
+
+    def refresh_counts(self) -> None:
+        """Per-kind/reason gauges, from the last pass. O(decisions), so done when scraped."""
+        announced_prefixes = {r.prefix for r in self.applied.routes}
         counts: dict[tuple[str, str, str], int] = {}
         kinds: dict[str, int] = {"vip": 0, "service": 0}
-        now = time.time()
-        live: set[tuple[str, str]] = set()
-        for d in desired.decisions:
+        for d in self.desired.decisions:
             kind = d.source.split("/", 1)[0] or "other"
-            is_announced = d.route is not None and d.route.prefix in announced_prefixes and d.announce
-            counts[(kind, d.reason.value, str(is_announced).lower())] = (
-                counts.get((kind, d.reason.value, str(is_announced).lower()), 0) + 1
-            )
+            is_announced = d.announce and d.route is not None and d.route.prefix in announced_prefixes
+            key = (kind, d.reason.value, "true" if is_announced else "false")
+            counts[key] = counts.get(key, 0) + 1
             if is_announced:
                 kinds[kind] = kinds.get(kind, 0) + 1
-            key = (d.source, str(d.address))
-            live.add(key)
-            prev = self._since.get(key)
-            if prev is None or prev.announced != is_announced or prev.reason != d.reason.value:
-                self._since[key] = _Since(is_announced, d.reason.value, now)
-            if kind == "vip":
-                self.m_vip_announced.labels(d.source.split("/", 1)[1], str(d.address)).set(
-                    1 if is_announced else 0
-                )
-        for key in set(self._since) - live:
-            del self._since[key]
         self.m_decisions.clear()
         for (kind, reason, ann), n in counts.items():
             self.m_decisions.labels(kind, reason, ann).set(n)
         for kind, n in kinds.items():
             self.m_announced.labels(kind).set(n)
-        for peer, st in world.peers.items():
-            self.m_peer_up.labels(peer).set(1 if st.state == "up" else 0)
 
     def action_failed(self, action: Action, error: str) -> None:
         self.m_action_failures.labels(type(action).__name__.lower()).inc()
@@ -227,7 +294,7 @@ class StatusBoard:
 
     def _decision_json(self, d: Decision, announced_prefixes: set[Any]) -> dict[str, Any]:
         is_announced = d.route is not None and d.route.prefix in announced_prefixes and d.announce
-        since = self._since.get((d.source, str(d.address)))
+        since = self._since.get(d.source, {}).get(str(d.address))
         return {
             "address": str(d.address),
             "prefix": str(d.route.prefix) if d.route else None,
@@ -338,7 +405,7 @@ def status_server(board: StatusBoard, host: str, port: int, *, max_silence: floa
     return HttpServer(
         {
             "/status": lambda: json_body(board.snapshot()),
-            "/metrics": lambda: metrics_body(board.registry),
+            "/metrics": board.metrics,
             "/healthz": lambda: text(*board.healthy(max_silence)),
             "/livez": lambda: text(*board.alive(max_silence)),
         },

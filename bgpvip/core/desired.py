@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from bgpvip.core.config import (
     CheckKey,
@@ -20,7 +20,17 @@ from bgpvip.core.config import (
 )
 from bgpvip.core.health import Health, State, combine
 from bgpvip.core.health import initial as initial_health
-from bgpvip.core.model import Attributes, Decision, Desired, IPInterface, IPNetwork, Reason, Route
+from bgpvip.core.model import (
+    Attributes,
+    Decision,
+    Desired,
+    IPInterface,
+    IPNetwork,
+    Reason,
+    Route,
+    decision_order,
+)
+from bgpvip.core.services import ServiceDecisions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,10 +105,6 @@ def decide_vip(
     return decision(False, reason, f"drained; {detail}" if node.drained else detail)
 
 
-def _overridden(d: Decision, reason: Reason, detail: str) -> Decision:
-    return replace(d, announce=False, reason=reason, detail=detail)
-
-
 def held_service_routes(config: Config, announced: Iterable[Route]) -> tuple[Decision, ...]:
     """Fail static before Kubernetes was listed: keep the pool routes ExaBGP already carries
     (a restarted speaker must not withdraw Service IPs while its first list is in flight)."""
@@ -123,32 +129,51 @@ def compute(
     config: Config,
     healths: Mapping[CheckKey, Health],
     node: NodeState,
-    service_decisions: Iterable[Decision] = (),
+    service_decisions: ServiceDecisions | Iterable[Decision] = (),
 ) -> Desired:
-    """The full desired state. Deterministic: the same inputs in any order give the same result."""
-    decisions: list[Decision] = [decide_vip(config, vip, healths, node) for vip in config.vips]
-    for d in service_decisions:
-        if node.stopping and d.announce:
-            d = _overridden(d, Reason.STOPPING, "shutting down")
-        elif node.drained and d.announce:
-            d = _overridden(d, Reason.DRAINED, f"drain file {config.drain_file} exists")
-        decisions.append(d)
-    # One route per prefix, whatever the inputs say; on a conflict the choice is stable.
+    """The full desired state. Deterministic: the same inputs in any order give the same result.
+
+    Service decisions come as a `ServiceDecisions` table (the speaker) or plain decisions (tests,
+    held routes). The table's routes are taken as they are: with 10,000 Services this function
+    does no work per Service, only set operations the interpreter runs in C."""
+    table = (
+        service_decisions
+        if isinstance(service_decisions, ServiceDecisions)
+        else ServiceDecisions.of(service_decisions)
+    )
+    own = sorted((decide_vip(config, vip, healths, node) for vip in config.vips), key=decision_order)
+    override: tuple[Reason, str] | None = None
+    if node.stopping:
+        override = (Reason.STOPPING, "shutting down")
+    elif node.drained:
+        override = (Reason.DRAINED, f"drain file {config.drain_file} exists")
+    # One route per prefix, whatever the inputs say; on a conflict the choice is stable. (VIPs
+    # and pools cannot overlap in a valid config, so a Service route never meets a VIP's.)
     by_prefix: dict[IPNetwork, Route] = {}
-    for d in decisions:
+    for d in own:
         if d.announce and d.route is not None:
             current = by_prefix.get(d.route.prefix)
             if current is None or repr(d.route) < repr(current):
                 by_prefix[d.route.prefix] = d.route
     routes = frozenset(by_prefix.values())
+    if override is None and table.routes:
+        clash = {r.prefix for r in routes} & {r.prefix for r in table.routes} if routes else set()
+        routes = routes | (
+            table.routes if not clash else frozenset(r for r in table.routes if r.prefix not in clash)
+        )
     addresses: set[tuple[str, IPInterface]] = set()
-    for vip, d in zip(config.vips, decisions, strict=False):
+    by_label = {f"vip/{vip.label}": vip for vip in config.vips}
+    for d in own:
+        vip = by_label[d.source]
         # The address stays while the VIP is healthy, drained or not: a drain moves new
         # connections away but lets established ones finish on this host.
         keep = d.announce or d.reason == Reason.DRAINED
         if keep and vip.interface is not None:
             addresses.add((vip.interface, vip_interface_address(vip)))
-    # repr() breaks ties between decisions for one address and source, so that the order of
-    # the inputs never shows in the output
-    decisions.sort(key=lambda d: (d.address.version, int(d.address), d.source, repr(d)))
-    return Desired(routes=routes, addresses=frozenset(addresses), decisions=tuple(decisions))
+    return Desired(
+        routes=routes,
+        addresses=frozenset(addresses),
+        own=tuple(own),
+        table=table if len(table.by_source) else None,
+        override=override,
+    )

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from typing import Protocol
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -36,15 +37,26 @@ class Attributes:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
-    """One host route bgpvip announces. Only /32 and /128 exist; checked here."""
+    """One host route bgpvip announces. Only /32 and /128 exist; checked here.
+
+    The hash is computed once: with 10,000 Service routes the loop compares whole sets of
+    routes on every pass, and `ipaddress`'s own `__hash__` (pure Python) dominated that."""
 
     prefix: IPNetwork
     attributes: Attributes = field(default_factory=Attributes)
     next_hop: str = "self"
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+    key: tuple[int, int] = field(init=False, repr=False, compare=False, default=(0, 0))
+    """(IP version, address as an integer): identifies the prefix, and hashes in C."""
 
     def __post_init__(self) -> None:
         if self.prefix.prefixlen != self.prefix.max_prefixlen:
             raise ValueError(f"bgpvip only announces host routes, not {self.prefix}")
+        object.__setattr__(self, "_hash", hash((self.prefix, self.attributes, self.next_hop)))
+        object.__setattr__(self, "key", (self.prefix.version, int(self.prefix.network_address)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def family(self) -> int:
@@ -96,14 +108,66 @@ class Decision:
     """Interface that holds the address while announced; None when bgpvip does not manage it."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionTable(Protocol):
+    """Many decisions kept outside `Desired` (the Service decisions, `services.ServiceDecisions`):
+    `Desired.decisions` sorts them in only when somebody asks (status, `bgpvip routes`)."""
+
+    def sorted_decisions(self) -> tuple[Decision, ...]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Desired:
     """What should be true on this host right now: routes, local addresses, and the reasons."""
 
     routes: frozenset[Route] = frozenset()
     addresses: frozenset[tuple[str, IPInterface]] = frozenset()
     """(interface name, address/prefixlen) pairs bgpvip must hold."""
-    decisions: tuple[Decision, ...] = ()
+    own: tuple[Decision, ...] = ()
+    """The VIP decisions, sorted."""
+    table: DecisionTable | None = None
+    """The Service decisions, as the Kubernetes side computed them (before `override`)."""
+    override: tuple[Reason, str] | None = None
+    """Drained or stopping: every announcing decision of `table` reads as not announced, why."""
+    _merged: list[tuple[Decision, ...]] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when routes, addresses and every decision are (however they are stored)."""
+        if not isinstance(other, Desired):
+            return NotImplemented
+        return (self.routes, self.addresses, self.decisions) == (
+            other.routes,
+            other.addresses,
+            other.decisions,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def decisions(self) -> tuple[Decision, ...]:
+        """Every decision, sorted by address then source. Built on first use and kept: at
+        10,000 Services this costs milliseconds, which the reconcile loop never pays."""
+        if not self._merged:
+            self._merged.append(self._merge())
+        return self._merged[0]
+
+    def _merge(self) -> tuple[Decision, ...]:
+        if self.table is None:
+            return self.own
+        services = self.table.sorted_decisions()
+        if self.override is not None:
+            reason, detail = self.override
+            services = tuple(
+                replace(d, announce=False, reason=reason, detail=detail) if d.announce else d
+                for d in services
+            )
+        if not self.own:
+            return services
+        # Both parts are sorted by (family, address, source); a stable sort of the two keeps it.
+        return tuple(sorted((*self.own, *services), key=decision_order))
+
+
+def decision_order(d: Decision) -> tuple[int, int, str]:
+    return (d.address.version, int(d.address), d.source)
 
 
 # Actions: what the reconcile loop asks the adapters to do, in order.

@@ -25,7 +25,8 @@ from bgpvip.core.services import (
     KubeUnavailable,
     KubeUpsert,
     NodeView,
-    ServiceMemo,
+    ServiceDecider,
+    ServiceDecisions,
     ServiceView,
     ShardedMap,
     decide_services,
@@ -681,18 +682,56 @@ events = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+def _same(decider: ServiceDecider, config: Config, state: KubeState, node: str) -> None:
+    table = decider.update(config, state, node)
+    expected = decide_services(config, state, node)
+    assert table.sorted_decisions() == expected
+    assert table.routes == service_routes(expected)
+    assert len(table) == len(expected)
+
+
+@settings(max_examples=200, deadline=None)
 @given(worlds, st.lists(events, max_size=12), st.sampled_from([CONFIG, make_config(ipv6=True)]))
-def test_memo_never_changes_the_decisions(world: Any, changes: list[Any], config: Config) -> None:
+def test_decider_equals_deciding_everything_again(world: Any, changes: list[Any], config: Config) -> None:
+    """The incremental decider gives exactly the reference decisions and routes after any
+    sequence of watch events, config changes and a change of node."""
     svcs, sls, node = world
     state = kube(tuple(svcs), tuple(sls), node)
-    memo = ServiceMemo()
-    assert decide_services(config, state, NODE, memo=memo) == decide_services(config, state, NODE)
+    decider = ServiceDecider()
+    _same(decider, config, state, NODE)
     for event in changes:
         state = state.apply(event)
-        assert decide_services(config, state, NODE, memo=memo) == decide_services(config, state, NODE)
-    assert decide_services(CONFIG, state, NODE, memo=memo) == decide_services(CONFIG, state, NODE)
-    assert decide_services(CONFIG, state, "n2", memo=memo) == decide_services(CONFIG, state, "n2")
+        _same(decider, config, state, NODE)
+    _same(decider, CONFIG, state, NODE)
+    _same(decider, CONFIG, state, "n2")
+
+
+def test_decider_decides_only_what_changed() -> None:
+    services = tuple(svc(f"s{i}", f"203.0.113.{i}") for i in range(1, 50))
+    state = kube(services, tuple(eps(f"s{i}") for i in range(1, 50)))
+    decider = ServiceDecider()
+    first = decider.update(CONFIG, state, NODE)
+    assert decider.full_passes == 1
+    state = state.apply(KubeUpsert(replace(services[3], ingress_ips=("203.0.113.200",))))
+    second = decider.update(CONFIG, state, NODE)
+    assert decider.full_passes == 1
+    assert second.by_source.changed_keys(first.by_source) == {"service/default/s4"}
+    assert second.by_source.get("service/default/s5") is first.by_source.get("service/default/s5")
+    # a Node update that changes nothing about this node's verdict is not a full pass either
+    state = state.apply(KubeUpsert(NodeView(NODE, ready=True)))
+    assert decider.update(CONFIG, state, NODE).by_source is second.by_source
+    assert decider.full_passes == 1
+    state = state.apply(KubeUpsert(NodeView(NODE, ready=False)))
+    decider.update(CONFIG, state, NODE)
+    assert decider.full_passes == 2
+
+
+def test_table_of_plain_decisions_matches_the_decider() -> None:
+    state = kube((svc("a"), svc("b", "203.0.113.9"), svc("c", "nonsense")), (eps("a"),))
+    expected = decide_services(CONFIG, state, NODE)
+    table = ServiceDecisions.of(expected)
+    assert table.sorted_decisions() == expected
+    assert table.routes == service_routes(expected)
 
 
 def test_views_are_frozen_and_slotted() -> None:
