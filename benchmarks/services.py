@@ -450,43 +450,6 @@ def first_after(events: list[tuple[float, str]], needle: str | re.Pattern[str]) 
 # --------------------------------------------------------------------------- API plumbing
 
 
-class NoDelayRelay(bgpvip_lab.Relay):
-    """bgpvip_lab.Relay with TCP_NODELAY on both of its sockets.
-
-    The relay stands in for the network between the nodes and the API server, so it must not
-    add Nagle delays of its own: it forwards each segment as it comes, and with Nagle on, a
-    small segment that follows an unacknowledged one waits for the peer's delayed ACK (~40 ms)."""
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=2)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            for s in (client, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._conns |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-
-def fake_api_nodelay() -> None:
-    """FakeKubeAPI's handler writes a response's headers and body (and each watch event) with
-    separate send() calls; with Nagle on, a kept-alive connection then waits ~40 ms for the
-    client's delayed ACK per response. kube-apiserver (Go's net/http) sets TCP_NODELAY, so the
-    benchmark does too (socketserver's `disable_nagle_algorithm`), in this process only."""
-    from tests import kubeapi
-
-    kubeapi._Handler.disable_nagle_algorithm = True
-
-
 # --------------------------------------------------------------------------- Kubernetes objects
 
 
@@ -656,10 +619,9 @@ class Bench:
         if self.watch.present:
             raise BenchError(f"r1 already has {len(self.watch.present)} routes in {self.pool}")
         # history large enough that the speaker's own Events never push a watch into 410
-        fake_api_nodelay()
         self.api = FakeKubeAPI(history_window=10_000_000).start()
         self.api.before_request = self._stamp_request
-        self.relay = NoDelayRelay(lab, "client", API_ADDR, ("127.0.0.1", self.api.port))
+        self.relay = bgpvip_lab.Relay(lab, "client", API_ADDR, ("127.0.0.1", self.api.port))
         self.kubeconfig = bgpvip_lab.write_kubeconfig(lab, API_ADDR)
         self.cluster = Cluster(self.api, self.pool, self.args.services, self.args.local)
         t = time.monotonic()
@@ -874,8 +836,9 @@ class Bench:
         return out
 
     def wait_events_posted(self, timeout: float) -> dict[str, Any]:
-        """The speaker posts an `Announced` Event per Service after it converged: wait until
-        the fake API's Event count stops growing (2 s), so the idle sample is idle."""
+        """Events the speaker may still be posting after it converged (refusals; a start posts
+        no `Announced` per Service any more): wait until the fake API's Event count stops
+        growing (2 s), so the idle sample is idle."""
         t0 = time.monotonic()
         last, since = -1, t0
         while True:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import signal
 import socket
@@ -43,6 +42,7 @@ from bgpvip.reconcile import (
     World,
     seed_health,
 )
+from bgpvip.runfiles import PID_FILE, STOP_MARKER
 from bgpvip.status import StatusBoard, status_server
 
 log = logs.get("daemon")
@@ -52,8 +52,6 @@ log = logs.get("daemon")
 CRASH_PAUSE = 13.0
 DRAIN_POLL = 0.2
 CONFIG_POLL = 2.0
-STOP_MARKER = "stopping"
-PID_FILE = "speaker.pid"
 
 
 class ExaBgpGone(Exception):
@@ -371,7 +369,7 @@ class Speaker:
             RoutesViaExaBgp(session),
             addresses,
             observer=board,
-            canonical=functools.lru_cache(maxsize=1 << 16)(exa.canonical_route),
+            canonical=exa.canonical_route,
         )
         if stopping:
             # `bgpvip run` is stopping ExaBGP and a respawned helper must not announce again.

@@ -23,11 +23,10 @@ from types import FrameType
 
 from bgpvip import logs
 from bgpvip.adapters import exabgp as exa
-from bgpvip.adapters import netlink
 from bgpvip.configfile import load_file, read_password
 from bgpvip.core.config import Config, ConfigError
 from bgpvip.core.model import IPAddress
-from bgpvip.daemon import PID_FILE, STOP_MARKER
+from bgpvip.runfiles import PID_FILE, STOP_MARKER
 
 log = logs.get("run")
 
@@ -47,6 +46,8 @@ def resolve_local_addresses(config: Config) -> dict[IPAddress, IPAddress]:
         if peer.local_address is not None:
             out[peer.address] = peer.local_address
             continue
+        from bgpvip.adapters import netlink  # pyroute2 costs 70 ms; only needed here
+
         try:
             found = netlink.local_address_for(peer.address)
         except Exception as e:

@@ -284,6 +284,10 @@ class Relay:
                 client.close()  # the API is down: the node sees its connection dropped
                 continue
             upstream.settimeout(None)
+            # a relay stands in for the network and must not add Nagle delays of its own: a
+            # small segment behind an unacknowledged one would wait ~40 ms for a delayed ACK
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):

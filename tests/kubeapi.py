@@ -1093,6 +1093,10 @@ class FakeKubeAPI:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers, body and each watch event go out in separate send()s; with Nagle on, a
+    # kept-alive client would wait ~40 ms for its own delayed ACK per response. kube-apiserver
+    # (Go's net/http) sets TCP_NODELAY too.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -31,12 +31,21 @@ from pathlib import Path
 from socket import AF_INET, AF_INET6
 from typing import Any, Literal, TypeVar
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
-
+from bgpvip.adapters.lean import submodules
 from bgpvip.core.model import IPAddress, IPInterface
+
+# pyroute2 without its package __init__ (every netlink family it has): see adapters/lean.py
+_linux, _exceptions, _ifaddrmsg, _ifinfmsg = submodules(
+    "pyroute2",
+    "pyroute2.iproute.linux",
+    "pyroute2.netlink.exceptions",
+    "pyroute2.netlink.rtnl.ifaddrmsg",
+    "pyroute2.netlink.rtnl.ifinfmsg",
+)
+IPRoute = _linux.IPRoute
+NetlinkError = _exceptions.NetlinkError
+IFA_F_NODAD: int = _ifaddrmsg.IFA_F_NODAD
+IFF_UP: int = _ifinfmsg.IFF_UP
 
 log = logging.getLogger(__name__)
 

@@ -614,8 +614,9 @@ class _Run:
         if decision.announce:
             self.announcers.setdefault(key, []).append(decision.source)
 
-    def service(self, svc: ServiceView) -> Iterator[tuple[tuple[int, int], Decision]]:
+    def service(self, svc: ServiceView, source: str = "") -> Iterator[tuple[tuple[int, int], Decision]]:
         """The Service's decisions with their address sort keys; shared-address notes come later."""
+        source = source or svc.source
         seen: set[str] = set()
         for raw, origin, external in _candidates(svc):
             parsed = _parse(raw)
@@ -627,20 +628,22 @@ class _Run:
                         announce=False,
                         reason=Reason.INVALID_ADDRESS,
                         detail=f"{origin} {_shown(raw)} {parsed.why}",
-                        source=svc.source,
+                        source=source,
                     )
                     yield (0, 0), invalid
             elif parsed.text not in seen:
                 seen.add(parsed.text)
-                yield parsed.sort_key, self.address(svc, parsed, origin, external)
+                yield parsed.sort_key, self.address(svc, parsed, origin, external, source)
 
-    def address(self, svc: ServiceView, parsed: _Parsed, origin: str, external: bool) -> Decision:
+    def address(
+        self, svc: ServiceView, parsed: _Parsed, origin: str, external: bool, source: str
+    ) -> Decision:
         addr = parsed.address
         assert addr is not None
         where = f"{origin} {parsed.text}"
 
         def refuse(reason: Reason, detail: str) -> Decision:
-            return Decision(address=addr, announce=False, reason=reason, detail=detail, source=svc.source)
+            return Decision(address=addr, announce=False, reason=reason, detail=detail, source=source)
 
         if addr.version not in self.families:
             return refuse(Reason.FAMILY_NOT_PEERED, f"{where}: no BGP peer carries ipv{addr.version}")
@@ -673,11 +676,11 @@ class _Run:
         else:
             reason, detail = _endpoint_verdict(svc, self.kube, self.node_name)
         return Decision(
-            address=addr,
+            address=route.prefix.network_address,  # the same object as the route's: less memory
             announce=reason is Reason.HAS_ENDPOINTS,
             reason=reason,
             detail=f"{where}: {detail}",
-            source=svc.source,
+            source=source,
             route=route,
         )
 
@@ -761,8 +764,16 @@ class ServiceDecisions:
         return self._sorted[0]
 
 
-_Raw = tuple[tuple[AddressKey, Decision], ...]
-"""One Service's decisions with their address keys, before shared-address notes."""
+_Raw = tuple[Decision, ...]
+"""One Service's decisions before shared-address notes."""
+
+
+def _address_key(d: Decision) -> AddressKey:
+    if d.route is not None:
+        return d.route.key
+    if d.reason is Reason.INVALID_ADDRESS:
+        return _INVALID
+    return (d.address.version, int(d.address))
 
 
 class ServiceDecider:
@@ -785,10 +796,10 @@ class ServiceDecider:
         self._context: tuple[object, ...] | None = None
         self._kube: KubeState | None = None
         self._raw: dict[str, _Raw] = {}
-        self._at: dict[AddressKey, set[str]] = {}
-        """Sources with a decision for the address."""
+        self._at: dict[AddressKey, str | set[str]] = {}
+        """Sources with a decision for the address: one (almost always), or a set of them."""
         self._announcing: dict[AddressKey, int] = {}
-        self._route_at: dict[AddressKey, Route] = {}
+        """How many decisions announce the address (shared IPs: more than one)."""
         self._routes: set[Route] = set()
         self.table = ServiceDecisions()
 
@@ -822,7 +833,7 @@ class ServiceDecider:
             svc = kube.services.get(key)
             new: _Raw = ()
             if svc is not None and takes_service(config, svc):
-                new = tuple(run.service(svc))
+                new = tuple(d for _, d in run.service(svc, source))
             old = self._raw.pop(source, ())
             if not old and not new:
                 continue
@@ -833,7 +844,7 @@ class ServiceDecider:
                 self._remember(source, new, affected)
         # Sharers of an address whose announcers changed need their note written again.
         for a in affected:
-            touched.update(self._at.get(a, ()))
+            touched.update(self._sharers(a))
 
         if full:
             by_source = ShardedMap.from_items((s, self._noted(s)) for s in self._raw)
@@ -850,44 +861,61 @@ class ServiceDecider:
         self.table = ServiceDecisions(by_source, frozenset(self._routes))
         return self.table
 
+    def _sharers(self, a: AddressKey) -> tuple[str, ...] | set[str]:
+        at = self._at.get(a)
+        if at is None:
+            return ()
+        return (at,) if isinstance(at, str) else at
+
     def _forget(self, source: str, raw: _Raw, affected: set[AddressKey]) -> None:
-        for a, d in raw:
+        for d in raw:
+            a = _address_key(d)
             if a == _INVALID:
                 continue
             affected.add(a)
-            sharers = self._at.get(a)
-            if sharers is not None:
-                sharers.discard(source)
-                if not sharers:
-                    del self._at[a]
+            at = self._at.get(a)
+            if at == source:
+                del self._at[a]
+            elif isinstance(at, set):
+                at.discard(source)
+                if len(at) == 1:
+                    self._at[a] = next(iter(at))
             if d.announce:
                 left = self._announcing[a] - 1
                 if left:
                     self._announcing[a] = left
                 else:
                     del self._announcing[a]
-                    self._routes.discard(self._route_at.pop(a))
+                    self._routes.discard(d.route)
 
     def _remember(self, source: str, raw: _Raw, affected: set[AddressKey]) -> None:
-        for a, d in raw:
+        for d in raw:
+            a = _address_key(d)
             if a == _INVALID:
                 continue
             affected.add(a)
-            self._at.setdefault(a, set()).add(source)
+            at = self._at.get(a)
+            if at is None:
+                self._at[a] = source
+            elif isinstance(at, str):
+                if at != source:
+                    self._at[a] = {at, source}
+            else:
+                at.add(source)
             if d.announce and d.route is not None:
                 n = self._announcing.get(a, 0)
                 self._announcing[a] = n + 1
                 if not n:
-                    self._route_at[a] = d.route
                     self._routes.add(d.route)
 
     def _noted(self, source: str) -> tuple[Decision, ...]:
-        out = []
-        for a, d in self._raw[source]:
-            if not d.announce and a in self._announcing:
-                d = _shared_note(d, self._announcers(a))
-            out.append(d)
-        return tuple(out)
+        raw = self._raw[source]
+        noted = [
+            _shared_note(d, self._announcers(a)) if not d.announce and a in self._announcing else d
+            for d, a in ((d, _address_key(d)) for d in raw)
+        ]
+        # nothing noted: the very same tuple (memory, and identity for the diffs downstream)
+        return raw if all(n is d for n, d in zip(noted, raw, strict=True)) else tuple(noted)
 
     def _announcers(self, a: AddressKey) -> list[str]:
-        return [s for s in self._at[a] if any(k == a and d.announce for k, d in self._raw[s])]
+        return [s for s in self._sharers(a) if any(d.announce and _address_key(d) == a for d in self._raw[s])]

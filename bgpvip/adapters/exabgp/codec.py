@@ -25,6 +25,7 @@ ExaBGP 5.0.15's source and a running instance:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -158,6 +159,7 @@ def _large_community_value(text: object) -> tuple[int, int, int]:
     return a, b, c
 
 
+@functools.lru_cache(maxsize=256)
 def canonical_attributes(attributes: Attributes) -> Attributes:
     """The attributes as ExaBGP stores and prints them: communities sorted by value, without
     duplicates, well-known ones by name. Raises ValueError for anything ExaBGP would not take.
@@ -194,11 +196,16 @@ def _canonical_next_hop(next_hop: str, prefix: IPNetwork) -> str:
 
 
 def canonical_route(route: Route) -> Route:
-    """`route` with canonical attributes and next hop (see `canonical_attributes`)."""
+    """`route` with canonical attributes and next hop (see `canonical_attributes`); `route`
+    itself when it already is (10,000 Service routes are not copied)."""
+    attributes = canonical_attributes(route.attributes)
+    next_hop = _canonical_next_hop(route.next_hop, route.prefix)
+    if attributes == route.attributes and next_hop == route.next_hop:
+        return route
     return Route(
         prefix=route.prefix,
-        attributes=canonical_attributes(route.attributes),
-        next_hop=_canonical_next_hop(route.next_hop, route.prefix),
+        attributes=attributes,
+        next_hop=next_hop,
     )
 
 
