@@ -31,10 +31,10 @@ from pathlib import Path
 from socket import AF_INET, AF_INET6
 from typing import Any, Literal, TypeVar
 
-from bgpvip.adapters.lean import submodules
 from bgpvip.core.model import IPAddress, IPInterface
+from bgpvip.lean import submodules
 
-# pyroute2 without its package __init__ (every netlink family it has): see adapters/lean.py
+# pyroute2 without its package __init__ (every netlink family it has): see bgpvip/lean.py
 _linux, _exceptions, _ifaddrmsg, _ifinfmsg = submodules(
     "pyroute2",
     "pyroute2.iproute.linux",

@@ -1,6 +1,6 @@
 """Import a few modules of a big package without running the package's `__init__`.
 
-I/O-free helper for the adapters. `import pyroute2` imports every netlink family it supports
+A helper for the adapters (outside them, so that they stay independent of each other). `import pyroute2` imports every netlink family it supports
 (NDB, IPDB, nftables, WireGuard, nl80211, ...): 14 MB of resident memory and 70 ms, where the
 address adapter needs `IPRoute` and three constants (about 9 MB). The speaker's memory budget
 is 80 MB with 10,000 Services, so the difference matters.
@@ -27,7 +27,7 @@ def submodules(package: str, *names: str) -> tuple[types.ModuleType, ...]:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.submodule_search_locations is None:
         raise ImportError(f"{package} is not an installed package")
-    stand_in = types.ModuleType(package, f"bgpvip stand-in for {package} (see bgpvip.adapters.lean)")
+    stand_in = types.ModuleType(package, f"bgpvip stand-in for {package} (see bgpvip.lean)")
     stand_in.__path__ = list(spec.submodule_search_locations)
     stand_in.__spec__ = spec
     stand_in.__package__ = package
