@@ -539,7 +539,10 @@ class Controller:
             self._failures.pop(key, None)
             self._retry_at.pop(key, None)
         if writes:
-            await self._write_in_order(writes)
+            # what every Service is to show, written now or not (a write waiting for its retry
+            # timer still releases its old address: nobody else may be given it meanwhile)
+            intended = {k: a.status_ips for k, a in result.by_service.items() if a.status_ips is not None}
+            await self._write_in_order(writes, intended)
 
     def _explain(self, svc: AllocService, a: Allocation) -> None:
         """A Warning Event when a Service is refused, or refused for another reason."""
@@ -555,13 +558,17 @@ class Controller:
             logs.kv("refused", service=f"{svc.namespace}/{svc.name}", reason=a.reason.value, detail=a.message)
         )
 
-    async def _write_in_order(self, writes: list[_Write]) -> None:
+    async def _write_in_order(
+        self, writes: list[_Write], intended: Mapping[Key, tuple[str, ...]] | None = None
+    ) -> None:
         """Write statuses so that no address appears in two statuses it may not share: a write
         that adds an address waits until every other status showing it has been written without
         it. A cycle (two Services swapping addresses) is broken by first writing the removals
-        alone."""
+        alone. `intended` is what each Service is to show, including Services whose own write
+        is not due yet (a failed write waiting to be retried)."""
         status = {key: set(svc.ingress_ips) for key, svc in self._services.items()}
-        target = {w.key: set(w.target) for w in writes}
+        target = {k: set(ips) for k, ips in (intended or {}).items()}
+        target.update((w.key, set(w.target)) for w in writes)
         holders: dict[str, set[Key]] = {}
         for key, ips in status.items():
             for ip in ips:
