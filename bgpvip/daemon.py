@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -139,6 +140,12 @@ class KubeBridge:
         self._node = node
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._decider = svc.ServiceDecider()
+        # One thread decides, always the same: the first pass over 10,000 Services takes a
+        # quarter of a second and must not hold the loop, and one thread means one malloc arena.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide")
+        self._early: svc.ServiceDecider | None = svc.ServiceDecider()
+        self._early_version = -1
+        self._early_posted: svc.ServiceDecisions | None = None
         self.state = svc.KubeState()
         self.table: svc.ServiceDecisions | None = None
         self._watch_settings: tuple[object, ...] = ()
@@ -159,7 +166,9 @@ class KubeBridge:
         def emit(event: svc.KubeEvent) -> None:  # called from the watcher's threads
             loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
-        self._watcher = kube.KubeWatcher.for_config(api, config, node_name=self._node, emit=emit)
+        self._watcher = kube.KubeWatcher.for_config(
+            api, config, node_name=self._node, emit=emit, list_pages=self._early is not None
+        )
         self._watcher.start()
         self._watch_settings = (config.kubernetes, svc.pool_label_keys(config))
         log.info(logs.kv("kube-watch", node=self._node))
@@ -182,11 +191,19 @@ class KubeBridge:
                     self._start_watcher(config, loop)  # relists with the new label keys
                     continue
                 if not self.state.ready:
+                    await self._announce_early(config)
                     continue
+                if self._early is not None:
+                    # complete lists from now on. The early decider has decided the very same
+                    # views already (a list hands over its pages' objects), so it carries on
+                    # and the first complete table costs a pass over what changed, not 10,000.
+                    self._decider, self._early = self._early, None
                 if self.state.version == posted_version and config is posted_config:
                     continue
                 state = self.state
-                table = await asyncio.to_thread(self._decider.update, config, state, self._node)
+                table = await loop.run_in_executor(
+                    self._worker, self._decider.update, config, state, self._node
+                )
                 posted_version, posted_config = state.version, config
                 previous, self.table = self.table, table
                 if previous is not None and table.by_source is previous.by_source:
@@ -198,6 +215,28 @@ class KubeBridge:
                 self._watcher.stop()
             if self._recorder is not None:
                 self._recorder.stop(timeout=2)
+            self._worker.shutdown(wait=False, cancel_futures=True)
+
+    async def _announce_early(self, config: Config) -> None:
+        """While the first lists run: post what their pages already make certain, so that
+        ExaBGP works on the first announcements while the rest is still being listed."""
+        state = self.state
+        if (
+            self._early is None
+            or svc.KubeKind.NODE not in state.synced
+            or not state.services
+            or state.version == self._early_version
+        ):
+            return
+        self._early_version = state.version
+        loop = asyncio.get_running_loop()
+        table = await loop.run_in_executor(
+            self._worker, self._early.update, config, state.partial, self._node
+        )
+        previous = self._early_posted
+        if table.routes and (previous is None or table.routes != previous.routes):
+            self._early_posted = table
+            self._rec.post(ServicesChanged(table, partial=True))
 
     def _record_changes(
         self, previous: svc.ServiceDecisions | None, table: svc.ServiceDecisions, state: svc.KubeState

@@ -20,7 +20,7 @@ from bgpvip import logs
 from bgpvip.core import health as healthmod
 from bgpvip.core import plan
 from bgpvip.core.config import CheckKey, Config, host_prefix
-from bgpvip.core.desired import NodeState, check_keys, compute, held_service_routes
+from bgpvip.core.desired import HELD_SOURCE, NodeState, check_keys, compute, held_service_routes
 from bgpvip.core.model import (
     Action,
     AddAddress,
@@ -82,6 +82,9 @@ class ServicesChanged:
     the `ServiceDecider`'s table, or plain decisions (tests)."""
 
     decisions: ServiceDecisions | tuple[Decision, ...]
+    partial: bool = False
+    """Decided on the pages of the first lists: only its announcements count, and only until
+    the first complete table (see `services.KubeListPage`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,8 @@ class World:
     peers: dict[str, PeerStatus] = field(default_factory=dict)
     services: ServiceDecisions | None = field(default_factory=ServiceDecisions)
     """Service decisions from Kubernetes; None until the first complete list (fail static)."""
+    early: ServiceDecisions | None = None
+    """While `services` is None: what the first list pages already make certain."""
 
 
 def seed_health(config: Config, announced: Iterable[Route], now: float) -> dict[CheckKey, healthmod.Health]:
@@ -179,6 +184,9 @@ class Reconciler:
     ):
         self.world = world
         self.applied = applied
+        self._initial_routes = applied.routes
+        self._held_for: Config | None = None
+        self._held_table = ServiceDecisions()
         self.desired = Desired()
         self._routes = routes
         self._addresses = addresses
@@ -332,14 +340,26 @@ class Reconciler:
 
     def _compute(self) -> Desired:
         w = self.world
-        services: ServiceDecisions | tuple[Decision, ...] | None = w.services
+        services = w.services
         if services is None:
-            services = held_service_routes(w.config, self.applied.routes)
+            services = self._held(w.config)
+            if w.early is not None and w.early.routes:
+                held = services.by_source.get(HELD_SOURCE)
+                early = w.early.by_source if held is None else w.early.by_source.set(HELD_SOURCE, held)
+                services = ServiceDecisions(early, w.early.routes | services.routes)
         desired = compute(w.config, w.health, w.node, services)
         if self._canonical is not None:
             desired = replace(desired, routes=self._canonical_routes(desired.routes))
         self.desired = desired
         return desired
+
+    def _held(self, config: Config) -> ServiceDecisions:
+        """Fail static before the first complete list: the pool routes ExaBGP carried when
+        this speaker started (computed once per config, not per pass: it can be 10,000)."""
+        if self._held_for is not config:
+            self._held_table = ServiceDecisions.of(held_service_routes(config, self._initial_routes))
+            self._held_for = config
+        return self._held_table
 
     def _canonical_routes(self, routes: frozenset[Route]) -> frozenset[Route]:
         """`routes` as the route port reports them back. Only routes not seen in the previous
@@ -412,7 +432,7 @@ class Reconciler:
         announced = getattr(self._routes, "announced", None)
         if announced is not None:
             try:
-                routes = frozenset(await announced())
+                routes = _interned(await announced(), self.applied.routes)
             except Exception as e:
                 log.warning(logs.kv("adj-rib-out-failed", error=e))
         self.applied = Applied(routes, addresses)
@@ -453,6 +473,20 @@ class Reconciler:
             log.info(
                 logs.kv("stopped", routes=len(self.applied.routes), addresses=len(self.applied.addresses))
             )
+
+
+def _interned(read: Iterable[Route], known: frozenset[Route]) -> frozenset[Route]:
+    """`read` with every route equal to a `known` one replaced by that very object.
+
+    A resync re-reads 10,000 routes as new objects; keeping them would hold a second copy of
+    every route and make each later pass compare equal-but-distinct routes in Python instead of
+    by identity in C. The equality checks are paid here, once per resync."""
+    by_key = {r.key: r for r in known}
+    out = []
+    for r in read:
+        k = by_key.get(r.key)
+        out.append(k if k is not None and k == r else r)
+    return frozenset(out)
 
 
 def _route_order(r: Route) -> tuple[int, int]:

@@ -49,6 +49,7 @@ from bgpvip.core.services import (
     KubeDelete,
     KubeEvent,
     KubeKind,
+    KubeListPage,
     KubeSynced,
     KubeUnavailable,
     KubeUpsert,
@@ -327,8 +328,11 @@ class KubeWatcher:
         backoff_max: float = 30.0,
         kinds: tuple[KubeKind, ...] = tuple(KubeKind),
         label_keys: Collection[str] | None = None,
+        list_pages: bool = False,
     ) -> None:
         self._emit_fn = emit
+        self.list_pages = list_pages
+        """Emit each page of a kind's first list as a `KubeListPage` before its `KubeSynced`."""
         self.watch_timeout = watch_timeout
         """A watch that delivers nothing for this long is treated as dead and restarted."""
         self.page_size = page_size
@@ -509,17 +513,20 @@ class KubeWatcher:
             try:
                 page = self._get_json(spec, query)
             except ApiException as e:
-                if e.status == 410 and token:
+                if e.status == 410 and token:  # (the next page is a `first` one again)
                     log.info("kube %s: list continuation expired (410), starting the list over", spec.kind)
                     stats.gone += 1
                     views.clear()
                     token = None
                     continue
                 raise
+            first = len(views)
             for item in _seq(page.get("items")):
                 view = self._convert(spec, item)
                 if view is not None:
                     views.append(view)
+            if self.list_pages and not stats.lists:
+                self._emit(KubeListPage(spec.kind, tuple(views[first:]), first=token is None))
             meta = _map(page.get("metadata"))
             token = _text(meta.get("continue")) or None
             if token is None:

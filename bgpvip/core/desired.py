@@ -105,6 +105,10 @@ def decide_vip(
     return decision(False, reason, f"drained; {detail}" if node.drained else detail)
 
 
+HELD_SOURCE = "service/?"
+"""The source of the Service routes held before Kubernetes was listed (not known yet)."""
+
+
 def held_service_routes(config: Config, announced: Iterable[Route]) -> tuple[Decision, ...]:
     """Fail static before Kubernetes was listed: keep the pool routes ExaBGP already carries
     (a restarted speaker must not withdraw Service IPs while its first list is in flight)."""
@@ -118,7 +122,7 @@ def held_service_routes(config: Config, announced: Iterable[Route]) -> tuple[Dec
                     announce=True,
                     reason=Reason.KEPT_FROM_PREVIOUS,
                     detail="Kubernetes not listed yet: kept as ExaBGP had it",
-                    source="service/?",
+                    source=HELD_SOURCE,
                     route=r,
                 )
             )

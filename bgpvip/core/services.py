@@ -202,7 +202,21 @@ class KubeUnavailable:
     error: str
 
 
-KubeEvent = KubeSynced | KubeUpsert | KubeDelete | KubeUnavailable
+@dataclass(frozen=True, slots=True)
+class KubeListPage:
+    """One page of a kind's first list, before its `KubeSynced`: lets the speaker announce
+    what is certain while the rest of 10,000 Services is still being listed.
+
+    Folded in only while the kind was never synced (a relist changes nothing until it is
+    complete: fail static). `first` starts the list over: a list restarted after its
+    continuation expired must not keep objects from the abandoned one."""
+
+    kind: KubeKind
+    views: tuple[View, ...]
+    first: bool = False
+
+
+KubeEvent = KubeSynced | KubeUpsert | KubeDelete | KubeUnavailable | KubeListPage
 
 
 # --------------------------------------------------------------------------- persistent map
@@ -362,6 +376,8 @@ class KubeState:
             return replace(self, unavailable=(*others, (event.kind, event.error)), version=self.version + 1)
         if isinstance(event, KubeSynced):
             return self._synced(event)
+        if isinstance(event, KubeListPage):
+            return self._page(event)
         if isinstance(event, KubeUpsert):
             return self._upsert(event.view)
         return self._delete(event.kind, event.key)
@@ -383,10 +399,39 @@ class KubeState:
                 if isinstance(v, EndpointSliceView):
                     groups.setdefault(v.service_key, []).append(v)
                     owners.append((v.key, v.service_key))
-            slices = ShardedMap.from_items((k, _by_name(g)) for k, g in groups.items())
+            slices = ShardedMap.from_items((k, self._same_group(k, _by_name(g))) for k, g in groups.items())
             return replace(state, slices=slices, slice_owner=ShardedMap.from_items(owners))
         nodes = [v for v in event.snapshot if isinstance(v, NodeView)]
         return replace(state, node=nodes[0] if nodes else None)
+
+    def _same_group(self, key: Key, group: tuple[EndpointSliceView, ...]) -> tuple[EndpointSliceView, ...]:
+        """The group this state already has when it holds the very same views (a list after
+        its pages): identity is what tells the decider a Service is unchanged."""
+        old = self.slices.get(key)
+        return old if old is not None and old == group else group
+
+    def _page(self, event: KubeListPage) -> KubeState:
+        if event.kind in self.synced:
+            return self
+        state = self
+        if event.first:
+            if event.kind is KubeKind.SERVICE:
+                state = replace(state, services=_empty_services())
+            elif event.kind is KubeKind.ENDPOINT_SLICE:
+                state = replace(state, slices=_empty_slices(), slice_owner=_empty_owners())
+            else:
+                state = replace(state, node=None)
+        for view in event.views:
+            if view_kind(view) is event.kind:
+                state = state._upsert(view)
+        return replace(state, version=self.version + 1)
+
+    @property
+    def partial(self) -> KubeState:
+        """This state as if every kind had been listed: for deciding what is certain to be
+        announced while the first lists are still running (see `KubeListPage`). An announcing
+        decision on a part of a list is one on the whole: more objects only add endpoints."""
+        return replace(self, synced=frozenset(KubeKind))
 
     def _upsert(self, view: View) -> KubeState:
         version = self.version + 1

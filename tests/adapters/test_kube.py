@@ -30,6 +30,7 @@ from bgpvip.core.services import (
     KubeDelete,
     KubeEvent,
     KubeKind,
+    KubeListPage,
     KubeState,
     KubeSynced,
     KubeUnavailable,
@@ -267,6 +268,40 @@ def test_expired_list_continuation_starts_the_list_over(
     assert [r.status for r in svc_lists] == [200, 410, 200, 200, 200]
     assert "continue" not in svc_lists[2].query
     assert watcher.stats[KubeKind.SERVICE].gone == 1
+
+
+def test_first_list_pages_come_before_the_snapshot_and_only_once(
+    api: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+) -> None:
+    for i in range(5):
+        api.put("services", service(f"svc-{i}", f"203.0.113.{i + 1}"))
+    compacted: list[Recorded] = []
+
+    def compact_before_first_continue(rec: Recorded) -> None:
+        if "continue" in rec.query and not compacted:
+            compacted.append(rec)
+            api.put("nodes", node("other"))
+            api.compact()
+
+    api.before_request = compact_before_first_continue
+    watcher = start_watcher(page_size=2, list_pages=True)
+    with collector._cond:
+        services = [e for e in collector.events if getattr(e, "kind", None) is KubeKind.SERVICE]
+    pages = [e for e in services if isinstance(e, KubeListPage)]
+    # page 1, then 410 on its continuation: the list starts over (a `first` page again)
+    assert [(len(p.views), p.first) for p in pages] == [(2, True), (2, True), (2, False), (1, False)]
+    assert isinstance(services[len(pages)], KubeSynced), "the snapshot follows its pages"
+    assert len(collector.service_names()) == 5
+    # a relist (410 on the watch) sends no pages: the state keeps the old list until it is whole
+    api.before_request = None
+    api.wait_for(lambda: api.open_watches == 3)
+    api.put("endpointslices", endpoint_slice("other", NODE))  # history moves past the Service watch
+    api.compact()
+    api.put("services", service("late", "203.0.113.99"))
+    api.drop_watches()
+    collector.wait(lambda: len(collector.of(KubeSynced, KubeKind.SERVICE)) == 2, what="relist")
+    assert len(collector.of(KubeListPage, KubeKind.SERVICE)) == 4
+    assert watcher.stats[KubeKind.SERVICE].lists == 2
 
 
 def test_resume_after_dropped_connection_without_relist(

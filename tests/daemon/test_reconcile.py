@@ -4,6 +4,7 @@ drain, stop, reload. Real time, but short: shutdown_delay is 0.3 s here."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 from collections.abc import Callable
 from typing import Any
@@ -292,3 +293,16 @@ async def test_resync_heals_a_route_lost_from_exabgp_without_reannouncing_the_re
         assert h.announced() == {VIP, VIP2}
         (verb, routes), *rest = h.exa.log[before:]
         assert (verb, [str(r.prefix) for r in routes], rest) == ("announce", [f"{VIP}/32"], [])
+
+
+async def test_resync_keeps_the_route_objects_it_already_had() -> None:
+    """A resync reads ExaBGP's routes back as new objects; equal ones are replaced by the
+    objects the loop already holds, so later passes compare by identity (and nothing is held
+    twice with 10,000 Service routes)."""
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(WEB, ok()), ProbeDone(API, ok()), ProbeDone(API, ok()))
+        held = {r.key: r for r in h.rec.applied.routes}
+        h.exa.rib = {p: dataclasses.replace(r) for p, r in h.exa.rib.items()}  # fresh, equal copies
+        await h.send(Resync())
+        assert h.announced() == {VIP, VIP2}
+        assert all(r is held[r.key] for r in h.rec.applied.routes)

@@ -20,6 +20,7 @@ from bgpvip.core.services import (
     EndpointView,
     KubeDelete,
     KubeKind,
+    KubeListPage,
     KubeState,
     KubeSynced,
     KubeUnavailable,
@@ -450,6 +451,29 @@ def test_shared_address_detail_names_the_announcing_service() -> None:
     assert len(service_routes((a, b))) == 1
 
 
+def test_shared_address_note_also_on_a_refusal_and_follows_changes() -> None:
+    """A Service refused a team pool address (wrong namespace) while a team-a Service announces
+    it gets the note too; the decider keeps that note right as the announcer comes and goes."""
+    ip = "198.51.100.5"
+    team = svc("t", ip, namespace="team-a")
+    other = svc("o", ip)
+    state = kube((team, other), (eps("t", ns="team-a"),))
+    decider = ServiceDecider()
+    for step in range(3):
+        table = decider.update(CONFIG, state, NODE)
+        expected = decide_services(CONFIG, state, NODE)
+        assert table.sorted_decisions() == expected
+        refused = next(d for d in expected if d.source == "service/default/o")
+        assert refused.reason is Reason.POOL_NOT_ALLOWED
+        announced = step != 1
+        assert refused.detail.endswith("shared address announced for service/team-a/t") is announced
+        # step 0 -> 1: the announcer loses its endpoints; 1 -> 2: they come back
+        if step == 0:
+            state = state.apply(KubeDelete(KubeKind.ENDPOINT_SLICE, ("team-a", "t-abcde")))
+        else:
+            state = state.apply(KubeUpsert(eps("t", ns="team-a")))
+
+
 @pytest.mark.parametrize(
     ("over", "address", "attributes"),
     [
@@ -724,6 +748,53 @@ def test_decider_decides_only_what_changed() -> None:
     state = state.apply(KubeUpsert(NodeView(NODE, ready=False)))
     decider.update(CONFIG, state, NODE)
     assert decider.full_passes == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(worlds, st.data(), st.sampled_from([CONFIG, make_config(ipv6=True)]))
+def test_first_list_pages_only_announce_what_the_whole_list_announces(
+    world: Any, data: st.DataObject, config: Config
+) -> None:
+    """Pages of the first lists, in any interleaving and any page size, then the complete
+    lists: every route decided on a part is one the whole announces too (announcing early is
+    safe), and the decider that followed the pages ends where deciding everything ends."""
+    svcs, sls, node = world
+    state = KubeState().apply(KubeSynced(KubeKind.NODE, (node,) if node else ()))
+    pages: list[KubeListPage] = []
+    for kind, views in ((KubeKind.SERVICE, svcs), (KubeKind.ENDPOINT_SLICE, sls)):
+        size = data.draw(st.integers(1, 4))
+        for i in range(0, max(len(views), 1), size):
+            pages.append(KubeListPage(kind, tuple(views[i : i + size]), first=i == 0))
+    order = data.draw(st.permutations(range(len(pages))))
+    # keep each kind's pages in their order, interleave the kinds as drawn
+    queues = {k: [p for p in pages if p.kind is k] for k in (KubeKind.SERVICE, KubeKind.ENDPOINT_SLICE)}
+    kinds = [pages[i].kind for i in order]
+    early = ServiceDecider()
+    final = decide_services(config, kube(tuple(svcs), tuple(sls), node), NODE)
+    final_routes = service_routes(final)
+    for kind in kinds:
+        state = state.apply(queues[kind].pop(0))
+        assert not state.ready
+        table = early.update(config, state.partial, NODE)
+        assert table.routes <= final_routes
+    state = state.apply(KubeSynced(KubeKind.SERVICE, tuple(svcs)))
+    state = state.apply(KubeSynced(KubeKind.ENDPOINT_SLICE, tuple(sls)))
+    assert state.ready
+    full_before = early.full_passes
+    assert early.update(config, state, NODE).sorted_decisions() == final
+    if node is not None:
+        assert early.full_passes == full_before, "the complete lists reuse the pages' views"
+
+
+def test_pages_are_ignored_once_listed_and_a_first_page_starts_over() -> None:
+    a, b = svc("a"), svc("b", "203.0.113.11")
+    state = KubeState().apply(KubeListPage(KubeKind.SERVICE, (a,), first=True))
+    assert set(state.services) == {("default", "a")}
+    state = state.apply(KubeListPage(KubeKind.SERVICE, (b,), first=True))  # list restarted (410)
+    assert set(state.services) == {("default", "b")}
+    state = state.apply(KubeSynced(KubeKind.SERVICE, (a,)))
+    listed = state.apply(KubeListPage(KubeKind.SERVICE, (b,), first=True))  # a relist's page
+    assert listed is state and set(listed.services) == {("default", "a")}
 
 
 def test_table_of_plain_decisions_matches_the_decider() -> None:

@@ -541,7 +541,14 @@ def _as_path(tokens: _Tokens) -> tuple[int, ...]:
     return tuple(path)
 
 
+@functools.lru_cache(maxsize=1024)
 def _rib_attributes(rest: str) -> Attributes:
+    """Attributes of a RIB line's tail. Cached: the routes of one pool share one text, and a
+    resync re-reads 10,000 of them (ValueError is raised anew each time, never cached)."""
+    return _parse_rib_attributes(rest)
+
+
+def _parse_rib_attributes(rest: str) -> Attributes:
     tokens = _Tokens(rest.replace("(", " ( ").replace(")", " ) "))
     med = local_preference = None
     communities: list[str] = []
@@ -582,14 +589,18 @@ def _rib_route(line: str) -> Route:
     prefix = _host_prefix(match["prefix"])
     if prefix.version != (4 if match["afi"] == "ipv4" else 6):
         raise ValueError("prefix of the wrong family")
-    next_hop = str(ipaddress.ip_address(match["nh"]))
-    if next_hop == match["local"] or (
-        prefix.version == 4 and ":" in match["local"] and next_hop == match["rid"]
-    ):
+    next_hop = _rib_next_hop(match["nh"], match["local"], match["rid"], prefix.version)
+    return Route(prefix=prefix, attributes=_rib_attributes(match["rest"]), next_hop=next_hop)
+
+
+@functools.lru_cache(maxsize=256)
+def _rib_next_hop(nh: str, local: str, rid: str, version: int) -> str:
+    next_hop = str(ipaddress.ip_address(nh))
+    if next_hop == local or (version == 4 and ":" in local and next_hop == rid):
         # what `next-hop self` resolves to: the local address, or the router id for an IPv4
         # route on an IPv6 session (bgp/neighbor.py ip_self)
-        next_hop = "self"
-    return Route(prefix=prefix, attributes=_rib_attributes(match["rest"]), next_hop=next_hop)
+        return "self"
+    return next_hop
 
 
 def parse_adj_rib_out_detailed(lines: Iterable[str]) -> AdjRibOut:
