@@ -227,6 +227,20 @@ async def test_adj_rib_out_collects_output_but_not_events(exabgp: FakeExaBgp, se
     assert await session.event_queue.get() == NeighborEvent("10.0.1.1", "up")
 
 
+async def test_lines_split_across_reads_are_put_back_together(
+    exabgp: FakeExaBgp, session: ExaBgpSession
+) -> None:
+    """The reader hands over whole lines per read, however ExaBGP's writes cut them."""
+    dump = asyncio.create_task(session.adj_rib_out())
+    await exabgp.read_command()
+    text = "".join(RIB_LINE.format(prefix=f"198.51.100.{i}/32") + "\n" for i in range(1, 4)) + "done\n"
+    pieces = [text[:17], text[17:150], text[150:151], text[151:-3], text[-3:]]
+    for piece in pieces:
+        os.write(exabgp.to_helper_w, piece.encode())
+        await asyncio.sleep(0.01)  # separate reads on the helper's side
+    assert await dump == {route(f"198.51.100.{i}/32", med=100) for i in range(1, 4)}
+
+
 async def test_adj_rib_out_error(exabgp: FakeExaBgp, session: ExaBgpSession) -> None:
     dump = asyncio.create_task(session.adj_rib_out())
     await exabgp.read_command()

@@ -61,6 +61,9 @@ class _Pending:
     abandoned: bool = False
 
 
+_READ_SIZE = 1 << 16
+
+
 class ExaBgpSession:
     """Commands to ExaBGP with their acks, and the events ExaBGP sends.
 
@@ -151,10 +154,22 @@ class ExaBgpSession:
     # ------------------------------------------------------------------ reading (thread)
 
     def _read_forever(self) -> None:
+        """Hand the loop every complete line that has arrived, in one call per read: a
+        `show adj-rib out` of 10,000 routes is 10,000 lines, and a wake-up of the loop per line
+        cost more than parsing them. Lines longer than MAX_LINE_LENGTH come in pieces."""
+        read = getattr(self._reader, "read1", None) or self._reader.read
+        rest = b""
         try:
-            while raw := self._reader.readline(codec.MAX_LINE_LENGTH):
-                if not self._post(self._on_line, raw):
+            while chunk := read(_READ_SIZE):
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                while len(rest) >= codec.MAX_LINE_LENGTH:
+                    lines.append(rest[: codec.MAX_LINE_LENGTH])
+                    rest = rest[codec.MAX_LINE_LENGTH :]
+                if lines and not self._post(self._on_lines, lines):
                     return
+            if rest:
+                self._post(self._on_lines, [rest])
         except Exception as e:  # a read error ends the stream exactly like EOF does
             self._post(log.error, logs.kv("exabgp_read_failed", error=repr(e)))
         self._post(self._on_eof)
@@ -168,6 +183,10 @@ class ExaBgpSession:
         return True
 
     # ------------------------------------------------------------------ dispatch (loop)
+
+    def _on_lines(self, lines: list[bytes]) -> None:
+        for raw in lines:
+            self._on_line(raw)
 
     def _on_line(self, raw: bytes) -> None:
         line = raw.decode("ascii", errors="replace").rstrip("\r\n")
