@@ -269,11 +269,16 @@ class Reconciler:
             case ConfigChanged(config):
                 self.world = replace(w, config=config, health=self._carry_health(config))
                 return True
-            case ServicesChanged(decisions):
+            case ServicesChanged(decisions, partial):
                 table = (
                     decisions if isinstance(decisions, ServiceDecisions) else ServiceDecisions.of(decisions)
                 )
-                self.world = replace(w, services=table)
+                if partial:
+                    if w.services is not None:
+                        return False  # complete decisions are in: pages are history
+                    self.world = replace(w, early=table)
+                else:
+                    self.world = replace(w, services=table, early=None)
                 return True
             case Resync():
                 return True

@@ -834,7 +834,7 @@ class ServiceDecider:
 
     def __init__(self) -> None:
         self.full_passes = 0
-        """How often everything was decided again (for tests and metrics)."""
+        """How often everything was decided again (tests check that a change is not one)."""
         self._reset()
 
     def _reset(self) -> None:
