@@ -1,0 +1,88 @@
+"""StatusBoard: since-when per decision kept across passes, work only for what changed, and the
+per-reason gauges computed when /metrics is scraped."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from bgpvip.core.config import load
+from bgpvip.core.desired import NodeState, compute
+from bgpvip.core.model import Applied, Decision, Reason, Route, host_network
+from bgpvip.core.services import ServiceDecisions
+from bgpvip.reconcile import World
+from bgpvip.status import StatusBoard
+
+CONFIG = load(
+    {
+        "bgp": {"local_as": 65100, "peers": [{"address": "10.0.1.1", "peer_as": 65000}]},
+        "pools": [{"name": "p", "addresses": ["203.0.113.0/24"]}],
+    }
+)
+
+
+def decision(ip: str, name: str, announce: bool = True) -> Decision:
+    return Decision(
+        address=ipaddress.ip_address(ip),
+        announce=announce,
+        reason=Reason.HAS_ENDPOINTS if announce else Reason.NO_READY_ENDPOINTS,
+        source=f"service/default/{name}",
+        route=Route(prefix=host_network(ip)),
+    )
+
+
+def since(board: StatusBoard) -> dict[str, Any]:
+    return {d["source"]: d["since"] for d in board.snapshot()["decisions"]}
+
+
+def pass_(board: StatusBoard, table: ServiceDecisions, node: NodeState | None = None) -> None:
+    desired = compute(CONFIG, {}, node or NodeState(), table)
+    board.reconciled(World(config=CONFIG), desired, Applied(desired.routes, frozenset()), 0.001)
+
+
+def test_since_moves_only_for_decisions_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    board = StatusBoard("n1")
+    a, b, c = decision("203.0.113.1", "a"), decision("203.0.113.2", "b"), decision("203.0.113.3", "c")
+    first = ServiceDecisions.of((a, b, c))
+    pass_(board, first)
+    assert since(board) == dict.fromkeys(
+        ("service/default/a", "service/default/b", "service/default/c"), 1000.0
+    )
+
+    clock[0] = 1010.0
+    # b stops qualifying, c is deleted, a is the very same entry (shared with the first table)
+    second = ServiceDecisions(
+        first.by_source.set("service/default/b", (decision("203.0.113.2", "b", False),)).delete(
+            "service/default/c"
+        )
+    )
+    pass_(board, second)
+    assert since(board) == {"service/default/a": 1000.0, "service/default/b": 1010.0}
+
+    clock[0] = 1020.0
+    pass_(board, second, NodeState(drained=True))  # a drain changes every announcing decision
+    assert since(board) == {"service/default/a": 1020.0, "service/default/b": 1010.0}
+    assert {d["source"]: d["reason"] for d in board.snapshot()["decisions"]} == {
+        "service/default/a": "drained",
+        "service/default/b": "noReadyEndpoints",
+    }
+
+
+def test_per_reason_gauges_are_computed_when_scraped() -> None:
+    board = StatusBoard("n1")
+    pass_(board, ServiceDecisions.of((decision("203.0.113.1", "a"), decision("203.0.113.2", "b", False))))
+    body = board.metrics()[2].decode()
+    assert 'bgpvip_addresses{announced="true",kind="service",reason="hasEndpoints"} 1.0' in body
+    assert 'bgpvip_addresses{announced="false",kind="service",reason="noReadyEndpoints"} 1.0' in body
+    assert 'bgpvip_routes_announced{kind="service"} 1.0' in body
+    pass_(board, ServiceDecisions.of((decision("203.0.113.2", "b", False),)))
+    body = generate_latest(board.registry).decode()  # not scraped through metrics(): last values
+    assert 'reason="hasEndpoints"} 1.0' in body
+    body = board.metrics()[2].decode()
+    assert 'reason="hasEndpoints"' not in body
