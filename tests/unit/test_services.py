@@ -786,6 +786,43 @@ def test_first_list_pages_only_announce_what_the_whole_list_announces(
         assert early.full_passes == full_before, "the complete lists reuse the pages' views"
 
 
+@settings(max_examples=150, deadline=None)
+@given(worlds, st.integers(1, 5), st.lists(slices, max_size=4))
+def test_pages_build_the_same_state_as_the_whole_list(world: Any, size: int, moved: list[Any]) -> None:
+    """Folding a list in pages (any page size, a slice listed twice under another Service on a
+    later page) gives the maps one snapshot of the same objects gives."""
+    svcs, sls, _ = world
+    sls = [*sls, *moved]  # later duplicates of a slice key win, as in a snapshot fold
+    paged = KubeState()
+    for kind, views in ((KubeKind.SERVICE, svcs), (KubeKind.ENDPOINT_SLICE, sls)):
+        for i in range(0, max(len(views), 1), size):
+            paged = paged.apply(KubeListPage(kind, tuple(views[i : i + size]), first=i == 0))
+    whole = KubeState()
+    for view in (*svcs, *sls):
+        whole = whole.apply(KubeUpsert(view))
+    assert dict(paged.services.items()) == dict(whole.services.items())
+    assert dict(paged.slices.items()) == dict(whole.slices.items())
+    assert dict(paged.slice_owner.items()) == dict(whole.slice_owner.items())
+    assert len(paged.services) == len(whole.services) and len(paged.slices) == len(whole.slices)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(st.integers(0, 600), st.integers()),
+    st.dictionaries(st.integers(0, 600), st.none() | st.integers()),
+)
+def test_sharded_map_updated_is_many_sets_and_deletes(start: dict[int, int], changes: dict[int, Any]) -> None:
+    m = ShardedMap.from_items(start.items())
+    one_by_one = m
+    for k, v in changes.items():
+        one_by_one = one_by_one.delete(k) if v is None else one_by_one.set(k, v)
+    batched = m.updated(changes)
+    assert dict(batched.items()) == dict(one_by_one.items())
+    assert len(batched) == len(one_by_one)
+    assert dict(m.items()) == start, "the original is unchanged"
+    assert batched.changed_keys(m) == {k for k, v in changes.items() if start.get(k) is not v}
+
+
 def test_pages_are_ignored_once_listed_and_a_first_page_starts_over() -> None:
     a, b = svc("a"), svc("b", "203.0.113.11")
     state = KubeState().apply(KubeListPage(KubeKind.SERVICE, (a,), first=True))
