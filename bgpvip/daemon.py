@@ -305,6 +305,9 @@ class RoutesViaExaBgp:
     async def announced(self) -> set[Route]:
         return await self.session.adj_rib_out()
 
+    async def announced_changed(self) -> set[Route] | None:
+        return await self.session.adj_rib_out_changed()
+
 
 class Speaker:
     def __init__(self, config_path: Path, *, stdin: BinaryIO, stdout: BinaryIO) -> None:

@@ -185,6 +185,8 @@ class Reconciler:
         self.world = world
         self.applied = applied
         self._initial_routes = applied.routes
+        self._last_read = applied.routes
+        """ExaBGP's routes as last read (the caller seeds `applied` from such a read)."""
         self._held_for: Config | None = None
         self._held_table = ServiceDecisions()
         self.desired = Desired()
@@ -434,12 +436,18 @@ class Reconciler:
             addresses = frozenset(self._addresses.owned())
         except Exception as e:
             log.warning(logs.kv("address-list-failed", error=e))
+        announced_changed = getattr(self._routes, "announced_changed", None)
         announced = getattr(self._routes, "announced", None)
-        if announced is not None:
-            try:
+        try:
+            if announced_changed is not None:
+                # None: ExaBGP holds exactly what it held at the last read, which was the truth
+                read = await announced_changed()
+                routes = self._last_read if read is None else _interned(read, self.applied.routes)
+                self._last_read = routes
+            elif announced is not None:
                 routes = _interned(await announced(), self.applied.routes)
-            except Exception as e:
-                log.warning(logs.kv("adj-rib-out-failed", error=e))
+        except Exception as e:
+            log.warning(logs.kv("adj-rib-out-failed", error=e))
         self.applied = Applied(routes, addresses)
 
     def _schedule_retry(self) -> None:

@@ -241,6 +241,21 @@ async def test_lines_split_across_reads_are_put_back_together(
     assert await dump == {route(f"198.51.100.{i}/32", med=100) for i in range(1, 4)}
 
 
+async def test_an_unchanged_dump_is_not_parsed_again(exabgp: FakeExaBgp, session: ExaBgpSession) -> None:
+    async def dump(method: str, *prefixes: str) -> object:
+        task = asyncio.create_task(getattr(session, method)())
+        assert await exabgp.read_command() == "show adj-rib out extensive"
+        exabgp.write(*(RIB_LINE.format(prefix=p) for p in prefixes), "done")
+        return await task
+
+    assert await dump("adj_rib_out", "198.51.100.1/32") == {route("198.51.100.1/32", med=100)}
+    assert await dump("adj_rib_out_changed", "198.51.100.1/32") is None  # same text as last time
+    changed = await dump("adj_rib_out_changed", "198.51.100.1/32", "198.51.100.2/32")
+    assert changed == {route("198.51.100.1/32", med=100), route("198.51.100.2/32", med=100)}
+    assert await dump("adj_rib_out_changed", "198.51.100.1/32", "198.51.100.2/32") is None
+    assert await dump("adj_rib_out_changed", "198.51.100.1/32") == {route("198.51.100.1/32", med=100)}
+
+
 async def test_adj_rib_out_error(exabgp: FakeExaBgp, session: ExaBgpSession) -> None:
     dump = asyncio.create_task(session.adj_rib_out())
     await exabgp.read_command()

@@ -344,3 +344,40 @@ async def test_first_list_pages_announce_early_and_the_complete_table_takes_over
         # pages that arrive late (they cannot, but a stale one must not count) change nothing
         await h.send(ServicesChanged((_service("203.0.113.3", "d"),), partial=True))
         assert h.announced() == {"203.0.113.1", "203.0.113.2"}
+
+
+class ReadsOnlyChanges(FakeExaBGP):
+    """A route port that, like ExaBGP's session, can say "the RIB is as at the last read"."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.last: set[Route] | None = None
+        self.reads = 0
+
+    async def announced_changed(self) -> set[Route] | None:
+        self.reads += 1
+        now = set(self.rib.values())
+        if now == self.last:
+            return None
+        self.last = now
+        return now
+
+
+async def test_resync_with_an_unchanged_rib_keeps_what_it_read_last() -> None:
+    h = Harness(make_config())
+    exa = ReadsOnlyChanges(h.netlink, needs_address=h.exa.needs_address)
+    h.exa = h.netlink.exa = exa
+    h.rec._routes = exa
+    async with h:
+        await h.send(ProbeDone(WEB, ok()), ProbeDone(API, ok()), ProbeDone(API, ok()))
+        assert h.announced() == {VIP, VIP2}
+        await h.send(Resync())  # a real read: the truth is what the loop has
+        assert exa.reads == 1 and h.announced() == {VIP, VIP2}
+        before = len(exa.log)
+        await h.send(Resync())  # unchanged: nothing is re-announced or withdrawn
+        assert exa.reads == 2 and exa.log[before:] == []
+        assert {str(r.prefix.network_address) for r in h.rec.applied.routes} == {VIP, VIP2}
+        del exa.rib[host_network(VIP)]  # lost behind our back: the next read sees it
+        await h.send(Resync())
+        assert h.announced() == {VIP, VIP2}
+        assert exa.log[-1][0] == "announce"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import os
 import sys
 import threading
@@ -64,6 +65,10 @@ class _Pending:
 _READ_SIZE = 1 << 16
 
 
+def _digest(lines: list[str]) -> bytes:
+    return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).digest()
+
+
 class ExaBgpSession:
     """Commands to ExaBGP with their acks, and the events ExaBGP sends.
 
@@ -106,6 +111,7 @@ class ExaBgpSession:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._eof = False
+        self._rib_digest: bytes | None = None
 
     @staticmethod
     def _binary_reader(stream: BinaryIO | int) -> BinaryIO:
@@ -309,13 +315,29 @@ class ExaBgpSession:
         """What ExaBGP holds for its peers, from `show adj-rib out extensive`.
 
         Routes stay in ExaBGP when a helper exits, so a new helper starts from this."""
+        return self._parse_rib(await self._dump_rib())
+
+    async def adj_rib_out_changed(self) -> set[Route] | None:
+        """`adj_rib_out`, or None when ExaBGP printed exactly what it printed the last time
+        (either method): a periodic resync of 10,000 unchanged routes then costs reading and
+        hashing the text, not parsing it again."""
+        lines = await self._dump_rib()
+        if self._rib_digest == _digest(lines):
+            return None
+        return self._parse_rib(lines)
+
+    async def _dump_rib(self) -> list[str]:
         async with self._command_lock:
             pending = await self._send(codec.ADJ_RIB_OUT_COMMAND, collect=True)
             ok = await self._wait(pending, self.dump_timeout)
         if not ok:
             raise ExaBgpError("ExaBGP answered `error` to show adj-rib out")
         assert pending.output is not None
-        result = codec.parse_adj_rib_out_detailed(pending.output)
+        return pending.output
+
+    def _parse_rib(self, lines: list[str]) -> set[Route]:
+        self._rib_digest = _digest(lines)
+        result = codec.parse_adj_rib_out_detailed(lines)
         if result.ignored:
             log.warning(
                 logs.kv(
