@@ -135,9 +135,10 @@ class Supervisor:
             f.write(text)
         tmp.replace(conf)
         self.env.update(exa.exabgp_environment(self.config.exabgp, self.runtime))
-        # glibc gives each thread that allocates its own malloc arena; the speaker's watcher,
-        # recorder and worker threads then hold freed memory in up to 8 arenas per core.
-        # Two arenas keep the speaker's resident size flat under Service churn.
+        # glibc gives threads that allocate at once their own malloc arenas (up to 8 per core),
+        # each holding on to freed memory; the speaker has watcher, recorder and worker threads.
+        # With two arenas and a single decide thread, the speaker's growth over 1,000 changes at
+        # 10,000 Services went from +26 MB to +10-12 MB (measured together, not apart).
         self.env.setdefault("MALLOC_ARENA_MAX", "2")
         return [find_exabgp(self.config.exabgp.executable), str(conf)]
 
