@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,7 +22,7 @@ from bgpvip import __version__, logs
 from bgpvip.core import health as healthmod
 from bgpvip.core.config import CheckKey
 from bgpvip.core.desired import check_keys
-from bgpvip.core.model import Action, Applied, Decision, Desired, ProbeResult, Reason, Route
+from bgpvip.core.model import Action, Applied, Decision, Desired, ProbeResult, Route, overridden
 from bgpvip.core.services import ServiceDecisions
 from bgpvip.reconcile import World
 
@@ -59,15 +59,6 @@ def _groups(decisions: Iterable[Decision]) -> dict[str, tuple[Decision, ...]]:
     for d in decisions:
         out.setdefault(d.source, []).append(d)
     return {k: tuple(v) for k, v in out.items()}
-
-
-def _overridden(decisions: tuple[Decision, ...], override: tuple[Reason, str] | None) -> tuple[Decision, ...]:
-    if override is None:
-        return decisions
-    reason, detail = override
-    return tuple(
-        replace(d, announce=False, reason=reason, detail=detail) if d.announce else d for d in decisions
-    )
 
 
 class StatusBoard:
@@ -156,7 +147,7 @@ class StatusBoard:
             changed = new_t.by_source.changed_keys(old_t.by_source)
             override = desired.override
             self._track(
-                {s: _overridden(new_t.by_source.get(s, ()), override) for s in changed},
+                {s: overridden(new_t.by_source.get(s, ()), override) for s in changed},
                 {s: () for s in changed},
                 now,
             )

@@ -25,10 +25,10 @@ from bgpvip.core.model import (
     Decision,
     Desired,
     IPInterface,
-    IPNetwork,
     Reason,
     Route,
     decision_order,
+    one_route_per_prefix,
 )
 from bgpvip.core.services import ServiceDecisions
 
@@ -151,15 +151,8 @@ def compute(
         override = (Reason.STOPPING, "shutting down")
     elif node.drained:
         override = (Reason.DRAINED, f"drain file {config.drain_file} exists")
-    # One route per prefix, whatever the inputs say; on a conflict the choice is stable. (VIPs
-    # and pools cannot overlap in a valid config, so a Service route never meets a VIP's.)
-    by_prefix: dict[IPNetwork, Route] = {}
-    for d in own:
-        if d.announce and d.route is not None:
-            current = by_prefix.get(d.route.prefix)
-            if current is None or repr(d.route) < repr(current):
-                by_prefix[d.route.prefix] = d.route
-    routes = frozenset(by_prefix.values())
+    # (VIPs and pools cannot overlap in a valid config, so a Service route never meets a VIP's.)
+    routes = one_route_per_prefix(own)
     if override is None and table.routes:
         clash = {r.prefix for r in routes} & {r.prefix for r in table.routes} if routes else set()
         routes = routes | (

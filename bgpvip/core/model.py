@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Protocol
@@ -153,17 +154,33 @@ class Desired:
     def _merge(self) -> tuple[Decision, ...]:
         if self.table is None:
             return self.own
-        services = self.table.sorted_decisions()
-        if self.override is not None:
-            reason, detail = self.override
-            services = tuple(
-                replace(d, announce=False, reason=reason, detail=detail) if d.announce else d
-                for d in services
-            )
+        services = overridden(self.table.sorted_decisions(), self.override)
         if not self.own:
             return services
         # Both parts are sorted by (family, address, source); a stable sort of the two keeps it.
         return tuple(sorted((*self.own, *services), key=decision_order))
+
+
+def overridden(decisions: tuple[Decision, ...], override: tuple[Reason, str] | None) -> tuple[Decision, ...]:
+    """`decisions` as a drain or stop shows them: every announcing one reads as not announced."""
+    if override is None:
+        return decisions
+    reason, detail = override
+    return tuple(
+        replace(d, announce=False, reason=reason, detail=detail) if d.announce else d for d in decisions
+    )
+
+
+def one_route_per_prefix(decisions: Iterable[Decision]) -> frozenset[Route]:
+    """The routes of the announcing decisions, one per prefix whatever the inputs say; on a
+    conflict the choice is stable (the smallest repr), so input order never shows."""
+    by_prefix: dict[IPNetwork, Route] = {}
+    for d in decisions:
+        if d.announce and d.route is not None:
+            current = by_prefix.get(d.route.prefix)
+            if current is None or repr(d.route) < repr(current):
+                by_prefix[d.route.prefix] = d.route
+    return frozenset(by_prefix.values())
 
 
 def decision_order(d: Decision) -> tuple[int, int, str]:

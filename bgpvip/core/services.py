@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any, Generic, TypeVar, overload
 
 from bgpvip.core.config import Config, PoolConfig, route_attributes
-from bgpvip.core.model import Attributes, Decision, IPAddress, IPNetwork, Reason, Route
+from bgpvip.core.model import Attributes, Decision, IPAddress, IPNetwork, Reason, Route, one_route_per_prefix
 
 Key = tuple[str, str]
 """(namespace, name); cluster-scoped objects (Nodes) use an empty namespace."""
@@ -827,20 +827,15 @@ class ServiceDecisions:
     @classmethod
     def of(cls, decisions: Iterable[Decision]) -> ServiceDecisions:
         """A table from plain decisions (tests, the routes held before the first list)."""
+        decisions = tuple(decisions)
         groups: dict[str, list[Decision]] = {}
-        by_prefix: dict[IPNetwork, Route] = {}
         for d in decisions:
             groups.setdefault(d.source, []).append(d)
-            if d.announce and d.route is not None:
-                current = by_prefix.get(d.route.prefix)
-                # one route per prefix whatever the inputs say; on a conflict the choice is stable
-                if current is None or repr(d.route) < repr(current):
-                    by_prefix[d.route.prefix] = d.route
         # repr() orders a source's decisions, so that ties in `sorted_decisions` (one address
         # given twice by one source) do not depend on the order of the inputs
         return cls(
             ShardedMap.from_items((k, tuple(sorted(v, key=repr))) for k, v in groups.items()),
-            frozenset(by_prefix.values()),
+            one_route_per_prefix(decisions),
         )
 
     def __len__(self) -> int:
