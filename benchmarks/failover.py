@@ -47,11 +47,9 @@ import argparse
 import contextlib
 import datetime
 import errno
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -73,7 +71,8 @@ sys.path.insert(0, str(REPO / "lab"))
 
 import bgpvip_lab  # noqa: E402
 import nslab  # noqa: E402
-from benchutil import percentile, stop_process  # noqa: E402
+from benchutil import first_line, percentile, stop_process, write_docs_block  # noqa: E402
+from benchutil import versions as benchutil_versions  # noqa: E402
 
 VIP = "198.51.100.10"
 PREFIX = f"{VIP}/32"
@@ -978,43 +977,14 @@ def specs(args: argparse.Namespace) -> list[Spec]:
 
 
 def versions() -> dict[str, str]:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-        except OSError as exc:
-            return f"unavailable ({exc})"
-        text = (p.stdout + p.stderr).strip()
-        return text.splitlines()[0] if text else "?"
-
-    import bgpvip
-
-    rev = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    return benchutil_versions(
+        REPO,
+        nslab.FRR_BIN,
+        {
+            "keepalived": first_line([KEEPALIVED, "--version"]),
+            "curl": " ".join(first_line(["curl", "--version"]).split()[:2]),
+        },
     )
-    commit = rev.stdout.strip() if rev.returncode == 0 else "unknown"
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    cpu_model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "kernel": platform.release(),
-        "frr": first_line([str(nslab.FRR_BIN / "zebra"), "--version"]),
-        "exabgp": importlib.metadata.version("exabgp"),
-        "keepalived": first_line([KEEPALIVED, "--version"]),
-        "curl": " ".join(first_line(["curl", "--version"]).split()[:2]),
-        "python": platform.python_version(),
-        "bgpvip": f"{bgpvip.__version__} (git {commit}{', uncommitted changes' if dirty else ''})",
-        "cpu": f"{os.cpu_count()} x {cpu_model}",
-        "os": first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
-    }
 
 
 def cpu_text(v: dict[str, float]) -> str:
@@ -1241,20 +1211,7 @@ machine. They print figures; they are not timed tests. How to run them:
 
 def write_docs(path: Path, block: str) -> None:
     """Replace the generated block inside the failover section; create what is missing."""
-    text = path.read_text() if path.exists() else DOC_INTRO
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
-    elif SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        body, tail = (rest, "") if nxt < 0 else (rest[: nxt + 1], rest[nxt + 1 :])
-        text = head + SECTION + body.rstrip("\n") + "\n\n" + block + "\n\n" + tail
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
+    write_docs_block(path, block, section=SECTION, begin=BEGIN, end=END, intro=DOC_INTRO)
 
 
 # --------------------------------------------------------------------------- main

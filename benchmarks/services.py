@@ -51,7 +51,6 @@ import importlib.metadata
 import ipaddress
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -77,7 +76,8 @@ sys.path.insert(0, str(REPO))
 
 import bgpvip_lab  # noqa: E402
 import nslab  # noqa: E402
-from benchutil import percentile, stop_process  # noqa: E402
+from benchutil import percentile, stop_process, write_docs_block  # noqa: E402
+from benchutil import versions as benchutil_versions  # noqa: E402
 
 NODE = "n1"
 OTHER = "n2"
@@ -1130,40 +1130,12 @@ def summarize_profile(path: Path, rate: int = PYSPY_RATE, top: int = 25) -> dict
 # --------------------------------------------------------------------------- report
 
 
-def versions(args: argparse.Namespace) -> dict[str, str]:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-        except OSError as exc:
-            return f"unavailable ({exc})"
-        text = (p.stdout + p.stderr).strip()
-        return text.splitlines()[0] if text else "?"
-
-    import bgpvip
-
-    commit = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    cpu_model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "kernel": platform.release(),
-        "frr": first_line([str(nslab.FRR_BIN / "zebra"), "--version"]),
-        "exabgp": importlib.metadata.version("exabgp"),
-        "kubernetes client": importlib.metadata.version("kubernetes"),
-        "python": platform.python_version(),
-        "bgpvip": f"{bgpvip.__version__} (git {commit}{', uncommitted changes' if dirty else ''})",
-        "cpu": f"{os.cpu_count()} x {cpu_model}",
-        "os": first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
-    }
+def versions() -> dict[str, str]:
+    return benchutil_versions(
+        REPO,
+        nslab.FRR_BIN,
+        {"kubernetes client": importlib.metadata.version("kubernetes")},
+    )
 
 
 def _event_scope(ev: dict[str, Any], report: dict[str, Any]) -> str:
@@ -1442,22 +1414,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_docs(path: Path, block: str) -> None:
-    """Replace the generated block inside this section; create the section (at the end) or the
-    file if missing. Everything else in the file is kept as it is."""
-    text = path.read_text() if path.exists() else DOC_INTRO
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
-    elif SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        body, tail = (rest, "") if nxt < 0 else (rest[: nxt + 1], rest[nxt + 1 :])
-        text = head + SECTION + body.rstrip("\n") + "\n\n" + block + "\n\n" + tail
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
+    """Replace the generated block inside this section; create what is missing."""
+    write_docs_block(path, block, section=SECTION, begin=BEGIN, end=END, intro=DOC_INTRO)
 
 
 # --------------------------------------------------------------------------- main
@@ -1639,7 +1597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         log(f"lab {args.prefix} up ...")
         lab.up()
-        report["versions"] = versions(args)
+        report["versions"] = versions()
         bench = Bench(args, lab, report)
         bench.setup()
         for r in range(args.rounds):
