@@ -138,7 +138,8 @@ class Supervisor:
         # glibc gives threads that allocate at once their own malloc arenas (up to 8 per core),
         # each holding on to freed memory; the speaker has watcher, recorder and worker threads.
         # With two arenas and a single decide thread, the speaker's growth over 1,000 changes at
-        # 10,000 Services went from +26 MB to +10-12 MB (measured together, not apart).
+        # 10,000 Services went from +26 MB to +11-12 MB (measured together with that day's other
+        # Service changes, not apart).
         self.env.setdefault("MALLOC_ARENA_MAX", "2")
         return [find_exabgp(self.config.exabgp.executable), str(conf)]
 

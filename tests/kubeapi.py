@@ -830,7 +830,7 @@ class FakeKubeAPI:
                 at = self._rv
             # The pages of one list share `at`; the objects as of `at` never change (history is
             # only undone, and a compacted `at` was refused above), so the sorted selection is
-            # kept for the next page: a page costs O(limit), as from kube-apiserver's cache,
+            # kept for the next page: a page costs O(limit), as from an API server's cache,
             # instead of O(all objects) (the Service benchmark lists 10,000 in 20 pages).
             cache_key = (
                 c.res.plural,
