@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bgpvip import logs
 from bgpvip.adapters.kube import (
     AllocationWatcher,
+    ApiClient,
+    ApiException,
     EventRecorder,
     LeaderElector,
     ObjectRef,
@@ -230,7 +230,7 @@ class Controller:
     def __init__(
         self,
         config: Config,
-        api: client.ApiClient,
+        api: ApiClient,
         options: ControllerOptions,
         *,
         config_path: Path | None = None,

@@ -28,16 +28,15 @@ import random
 import sys
 import threading
 import time
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tenacity
 import urllib3
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from bgpvip.core.alloc import ANNOTATION_IPS, ANNOTATION_POOL, ANNOTATION_SHARING_KEY, AllocService
 from bgpvip.core.config import Config, KubernetesConfig
@@ -59,6 +58,42 @@ from bgpvip.core.services import (
     pool_label_keys,
     selector_hash,
 )
+from bgpvip.lean import submodules
+
+
+def _kubernetes(*names: str) -> tuple[types.ModuleType, ...]:
+    """Modules of the official client, loaded without the package `__init__`s that import all
+    847 models and every `*Api` class (12 MB of the speaker's 80; see bgpvip/lean.py)."""
+    return submodules(
+        (
+            "kubernetes",
+            "kubernetes.client",
+            "kubernetes.client.models",
+            "kubernetes.utils",
+            "kubernetes.config",
+        ),
+        *names,
+        exports={
+            "kubernetes.client": {
+                "ApiClient": "kubernetes.client.api_client",
+                "Configuration": "kubernetes.client.configuration",
+            }
+        },
+    )
+
+
+if TYPE_CHECKING:
+    # `as`: re-exported (the controller takes them from here, not from the heavy package)
+    from kubernetes.client import ApiClient as ApiClient  # noqa: PLC0414
+    from kubernetes.client import Configuration as Configuration  # noqa: PLC0414
+    from kubernetes.client.exceptions import ApiException as ApiException  # noqa: PLC0414
+else:
+    _api_client, _configuration, _exceptions = _kubernetes(
+        "kubernetes.client.api_client", "kubernetes.client.configuration", "kubernetes.client.exceptions"
+    )
+    ApiClient = _api_client.ApiClient
+    Configuration = _configuration.Configuration
+    ApiException = _exceptions.ApiException
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +103,23 @@ Emit = Callable[[KubeEvent], None]
 # --------------------------------------------------------------------------- API client
 
 
-def make_api_client(
-    kube: KubernetesConfig, *, configuration: client.Configuration | None = None
-) -> client.ApiClient:
+def make_api_client(kube: KubernetesConfig, *, configuration: Configuration | None = None) -> ApiClient:
     """An ApiClient from the kubeconfig in `kube` (or the in-cluster ServiceAccount), or from
     `configuration` when given (tests). urllib3's own retries are switched off: a GET that times
     out waiting for headers would otherwise be repeated 3 times, quadrupling how long a hung
     apiserver goes unnoticed, and the watcher has its own backoff."""
     if configuration is None:
-        from kubernetes import config as kube_config
-
-        configuration = client.Configuration()
+        configuration = Configuration()
+        # Only the loader in use is imported: the kubeconfig one brings requests and oauthlib
+        # (7 MB), which an in-cluster speaker never needs.
         if kube.kubeconfig is not None:
-            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(kube.kubeconfig), client_configuration=configuration
-            )
+            (loader,) = _kubernetes("kubernetes.config.kube_config")
+            loader.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=configuration)
         else:
-            kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            (loader,) = _kubernetes("kubernetes.config.incluster_config")
+            loader.load_incluster_config(client_configuration=configuration)
     configuration.retries = False
-    return client.ApiClient(configuration)
+    return ApiClient(configuration)
 
 
 class _Http:
@@ -95,7 +128,7 @@ class _Http:
     import costs 21 MB of resident memory for CoreV1Api alone (kubernetes 37) — a fifth of the
     speaker's budget — and whose per-call pydantic validation is not needed for raw JSON."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: ApiClient) -> None:
         self._api = api
 
     def request(
@@ -316,7 +349,7 @@ class KubeWatcher:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         *,
         node_name: str,
         emit: Emit,
@@ -376,7 +409,7 @@ class KubeWatcher:
 
     @classmethod
     def for_config(
-        cls, api: client.ApiClient, config: Config, *, node_name: str, emit: Emit, **kw: Any
+        cls, api: ApiClient, config: Config, *, node_name: str, emit: Emit, **kw: Any
     ) -> KubeWatcher:
         """A watcher with the settings the configuration implies (`watch_timeout`, the label
         keys the pools select on)."""
@@ -756,7 +789,7 @@ class EventRecorder:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         *,
         component: str = "bgpvip-speaker",
         host: str = "",
@@ -984,13 +1017,13 @@ class AllocationWatcher(KubeWatcher):
     events (kind SERVICE). Every label is kept: pools select on them and the controller is one
     process, not one per node."""
 
-    def __init__(self, api: client.ApiClient, *, emit: Emit, **kw: Any) -> None:
+    def __init__(self, api: ApiClient, *, emit: Emit, **kw: Any) -> None:
         super().__init__(api, node_name="", emit=emit, kinds=(KubeKind.SERVICE,), label_keys=None, **kw)
         self._specs = [dataclasses.replace(spec, convert=alloc_service_view) for spec in self._specs]
 
 
 def patch_service_status(
-    api: client.ApiClient,
+    api: ApiClient,
     namespace: str,
     name: str,
     ips: Sequence[str],
@@ -1095,7 +1128,7 @@ class LeaderElector:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         *,
         namespace: str,
         name: str,
