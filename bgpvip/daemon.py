@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from bgpvip import logs
+from bgpvip import logs, memory
 from bgpvip.adapters import exabgp as exa
 from bgpvip.adapters import kube, netlink, probes
 from bgpvip.configfile import file_stamp, load_file
@@ -412,6 +412,9 @@ class Speaker:
             addresses,
             observer=board,
             canonical=exa.canonical_route,
+            # after a burst (the first list, a relist, a resync) the heap holds the pages it
+            # freed; give them back so resident memory follows the live data (bgpvip/memory.py)
+            on_idle=memory.release_if_worth_it,
         )
         if stopping:
             # `bgpvip run` is stopping ExaBGP and a respawned helper must not announce again.

@@ -181,6 +181,7 @@ class Reconciler:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
         canonical: Callable[[Route], Route] | None = None,
+        on_idle: Callable[[], object] | None = None,
     ):
         self.world = world
         self.applied = applied
@@ -197,6 +198,8 @@ class Reconciler:
         # Routes as the route adapter reports them back (ExaBGP sorts communities, ...), so
         # that what we want and what it says it has compare equal.
         self._canonical = canonical
+        self._on_idle = on_idle
+        """Called when a reconcile leaves no event waiting (the daemon gives freed memory back)."""
         self._canonical_last: tuple[frozenset[Route], frozenset[Route]] = (frozenset(), frozenset())
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self._backoff = Backoff()
@@ -322,6 +325,8 @@ class Reconciler:
                 return
             if changed:
                 await self.reconcile(resync=full)
+                if self._on_idle is not None and self.queue.empty():
+                    self._on_idle()
 
     async def reconcile(self, *, resync: bool = False) -> None:
         started = self._clock()

@@ -149,6 +149,22 @@ async def test_burst_of_events_is_coalesced() -> None:
         assert h.rec.reconciles - before == 1
 
 
+async def test_on_idle_runs_once_a_burst_is_reconciled_and_nothing_waits() -> None:
+    h = Harness(make_config())
+    seen: list[tuple[int, int]] = []  # (reconciles so far, events still queued) at each call
+    h.rec._on_idle = lambda: seen.append((h.rec.reconciles, h.rec.queue.qsize()))
+    async with h:
+        assert seen == [(1, 0)]  # the first reconcile at start
+        for _ in range(10):
+            h.rec.post(ProbeDone(WEB, ok()))
+        await h.settle()
+        assert h.announced() == {VIP2}
+        assert seen == [(1, 0), (2, 0)]  # one burst, one reconcile, one call
+        h.rec.post(ProbeDone(WEB, ok()))  # no change: no reconcile, no call
+        await h.settle()
+        assert seen == [(1, 0), (2, 0)]
+
+
 async def test_restart_keeps_routes_found_in_exabgp() -> None:
     cfg = make_config()
     existing = {vip_route(cfg, cfg.vips[0])}
