@@ -56,10 +56,6 @@ DEFAULT_THRESHOLD = 4 << 20
 """Free heap bytes above which a trim is worth its few milliseconds."""
 
 
-def available() -> bool:
-    return _LIBC is not None
-
-
 def free_heap_bytes() -> int | None:
     """Bytes malloc holds free in its heaps (not counting mmapped chunks), or None off glibc."""
     if _LIBC is None:
