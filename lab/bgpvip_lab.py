@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,16 +170,76 @@ def start_health_server(
     return proc
 
 
-def start_speaker(lab: Lab, node: str, config: dict[str, Any], *, name: str = "bgpvip") -> Speaker:
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+"""Where kubelet mounts a pod's ServiceAccount token and CA, and the official client reads them."""
+_SECRETS_MOUNTPOINT = Path("/var/run/secrets")
+# Run in a private mount namespace: a tmpfs on /var/run/secrets holding a bind mount of the
+# lab's ServiceAccount files at the fixed path, as kubelet sets up a pod. $1: the files.
+_MOUNT_SERVICE_ACCOUNT = (
+    'mount -t tmpfs -o size=64k,mode=0755 bgpvip-lab "$0" && mkdir -p "$0/kubernetes.io/serviceaccount" && '
+    'mount --bind "$1" "$0/kubernetes.io/serviceaccount" && shift && exec "$@"'
+)
+
+
+@dataclass(frozen=True)
+class InCluster:
+    """What a DaemonSet pod gets from Kubernetes, for a lab speaker: KUBERNETES_SERVICE_HOST and
+    _PORT, and the ServiceAccount files (`token`, `ca.crt`, `namespace`) at their fixed path.
+
+    The speaker then uses the official client's in-cluster loader, as in production. The files
+    are mounted in a private mount namespace of the speaker's process tree (`start_speaker`),
+    never on the host; the host only needs the empty mountpoint /var/run/secrets, which
+    `in_cluster` creates when missing and removes again."""
+
+    host: str
+    port: int
+    files: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"KUBERNETES_SERVICE_HOST": self.host, "KUBERNETES_SERVICE_PORT": str(self.port)}
+
+    def wrap(self, cmd: Sequence[str]) -> list[str]:
+        return [
+            "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", _MOUNT_SERVICE_ACCOUNT, str(_SECRETS_MOUNTPOINT), str(self.files), *cmd,
+        ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def in_cluster(lab: Lab, server: tuple[str, int], *, ca: Path, token: str) -> Iterator[InCluster]:
+    """ServiceAccount files for speakers reaching the API at `server` over TLS (CA `ca`)."""
+    files = lab.state_dir / "serviceaccount"
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "token").write_text(token)
+    (files / "ca.crt").write_bytes(ca.read_bytes())
+    (files / "namespace").write_text("bgpvip-system")
+    created = not _SECRETS_MOUNTPOINT.exists()
+    if created:
+        _SECRETS_MOUNTPOINT.mkdir(mode=0o755)
+    try:
+        yield InCluster(server[0], server[1], files)
+    finally:
+        if created:
+            with contextlib.suppress(OSError):  # not empty: somebody else's; leave it
+                _SECRETS_MOUNTPOINT.rmdir()
+
+
+def start_speaker(
+    lab: Lab, node: str, config: dict[str, Any], *, name: str = "bgpvip", kube: InCluster | None = None
+) -> Speaker:
+    """`bgpvip run` in `node`; with `kube`, as a pod that reaches the API with its ServiceAccount."""
     work = node_workdir(lab, node)
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {"BGPVIP_LOG_LEVEL": os.environ.get("BGPVIP_LOG_LEVEL", "INFO"), "PYTHONUNBUFFERED": "1"}
     log = lab.log_dir / f"{node}-{name}.log"
     offset = log.stat().st_size if log.exists() else 0
-    proc = lab.popen(
-        node, [sys.executable, "-m", "bgpvip", "run", "--config", str(path)], log_path=log, name=name, env=env
-    )
+    cmd = [sys.executable, "-m", "bgpvip", "run", "--config", str(path)]
+    if kube is not None:
+        env.update(kube.env)
+        cmd = kube.wrap(cmd)
+    proc = lab.popen(node, cmd, log_path=log, name=name, env=env)
     lab.register_log(f"{node} bgpvip", log)
     return Speaker(lab, node, path, proc, work, log, offset)
 
@@ -317,14 +377,27 @@ class Relay:
                 s.close()
 
 
-def write_kubeconfig(lab: Lab, server: tuple[str, int]) -> Path:
-    """A kubeconfig without credentials for a plain-HTTP (fake) API server at `server`."""
-    path = lab.state_dir / "kubeconfig"
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters: [{{name: lab, cluster: {{server: 'http://{server[0]}:{server[1]}'}}}}]\n"
-        "users: [{name: lab, user: {}}]\n"
-        "contexts: [{name: lab, context: {cluster: lab, user: lab}}]\n"
-        "current-context: lab\n"
-    )
+def write_kubeconfig(
+    lab: Lab,
+    server: tuple[str, int],
+    *,
+    ca: Path | None = None,
+    token: str | None = None,
+    path: Path | None = None,
+) -> Path:
+    """A kubeconfig for the (fake) API server at `server`: HTTPS trusting `ca` when given, plain
+    HTTP otherwise; a bearer `token` when given. Written to `path` (default: the lab's state dir)."""
+    path = path or lab.state_dir / "kubeconfig"
+    cluster: dict[str, Any] = {"server": f"{'https' if ca else 'http'}://{server[0]}:{server[1]}"}
+    if ca is not None:
+        cluster["certificate-authority"] = str(ca)
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "lab", "cluster": cluster}],
+        "users": [{"name": "lab", "user": {"token": token} if token else {}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}],
+        "current-context": "lab",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

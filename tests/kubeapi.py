@@ -18,6 +18,10 @@ carrying code 410, as the real server does. Writes: create, update with optimist
 preconditions and finalizers; status subresources ignore everything but status and the main
 resource ignores status.
 
+Optionally it serves HTTPS (`tls_dir`: a CA and a serving certificate from tests/pki.py) and
+requires a bearer token (`token`), as the real server does for a ServiceAccount: a request
+without it gets 401 Unauthorized and a line in `misuse`.
+
 Misuse fails loudly: an unknown path, verb, content type, query parameter or selector gets a
 proper `Status` error (404/405/415/400) *and* a line in `misuse`, which the tests' fixture
 asserts is empty.
@@ -33,6 +37,7 @@ import logging
 import re
 import secrets
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -41,6 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -395,9 +401,18 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     block_on_close = False
 
-    def __init__(self, addr: tuple[str, int], api: FakeKubeAPI) -> None:
+    def __init__(self, addr: tuple[str, int], api: FakeKubeAPI, tls: ssl.SSLContext | None) -> None:
         self.api = api
+        self.tls = tls
         super().__init__(addr, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        if self.tls is not None:
+            # The handshake happens in the connection's own thread (_Handler.setup), so a slow
+            # or silent client cannot hold up accepting the next one.
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("fake apiserver: connection from %s ended with an error", client_address, exc_info=True)
@@ -421,8 +436,23 @@ class FakeKubeAPI:
     """The server. Use as a context manager, or `start()` / `stop()`."""
 
     def __init__(
-        self, *, history_window: int = 10_000, bookmark_interval: float | None = None, start_rv: int = 1000
+        self,
+        *,
+        history_window: int = 10_000,
+        bookmark_interval: float | None = None,
+        start_rv: int = 1000,
+        tls_dir: Path | None = None,
+        token: str | None = None,
     ) -> None:
+        self.tls_dir = tls_dir
+        """Serve HTTPS with `server.crt`/`server.key` from this directory (its `ca.crt` signed
+        them: tests/pki.py's `serving_certificate`); None: plain HTTP."""
+        self.token = token
+        """Bearer token every request must carry; None: no authentication."""
+        self._tls: ssl.SSLContext | None = None
+        if tls_dir is not None:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(tls_dir / "server.crt", tls_dir / "server.key")
         self.history_window = history_window
         """Changes kept for watches; a watch from before the oldest kept change gets 410."""
         self.bookmark_interval = bookmark_interval
@@ -455,17 +485,23 @@ class FakeKubeAPI:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
 
     def configuration(self) -> client.Configuration:
-        return client.Configuration(host=self.url)
+        """A client configuration for this server: its URL, CA and token."""
+        c = client.Configuration(host=self.url)
+        if self.tls_dir is not None:
+            c.ssl_ca_cert = str(self.tls_dir / "ca.crt")
+        if self.token is not None:
+            c.api_key = {"authorization": f"Bearer {self.token}"}
+        return c
 
     def start(self) -> FakeKubeAPI:
         self._serve(0)
         return self
 
     def _serve(self, port: int) -> None:
-        server = _HTTPServer(("127.0.0.1", port), self)
+        server = _HTTPServer(("127.0.0.1", port), self, self._tls)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
@@ -727,6 +763,8 @@ class FakeKubeAPI:
                     rec.body = json.loads(raw)
                 except ValueError as e:
                     raise ApiError(400, "BadRequest", f"invalid JSON body: {e}", misuse=True) from None
+            if self.token is not None and not self._authorized(h.headers.get("Authorization", "")):
+                raise ApiError(401, "Unauthorized", "Unauthorized", misuse=True)
             if self._outage == "error":
                 raise ApiError(503, "ServiceUnavailable", "fake apiserver: outage injected")
             if self.before_request is not None:
@@ -744,6 +782,12 @@ class FakeKubeAPI:
             h.send_json(e.code, e.status())
         except (BrokenPipeError, ConnectionResetError):
             rec.status = rec.status or 499
+
+    def _authorized(self, header: str) -> bool:
+        # The scheme is case-insensitive (RFC 7235), as kube-apiserver reads it; the official
+        # client's in-cluster loader sends "bearer".
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and token.strip() == self.token
 
     def _misuse(self, text: str) -> None:
         log.error("fake apiserver misuse: %s", text)
@@ -1127,6 +1171,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("fake apiserver: " + format, *args)
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # a failed handshake ends here, in handle_error
+        super().setup()
 
     def finish(self) -> None:
         try:

@@ -19,10 +19,11 @@ from bgpvip.adapters.kube import (
     MalformedObject,
     ObjectRef,
     endpoint_slice_view,
+    make_api_client,
     node_view,
     service_view,
 )
-from bgpvip.core.config import load
+from bgpvip.core.config import KubernetesConfig, load
 from bgpvip.core.model import Reason
 from bgpvip.core.services import (
     EndpointSliceView,
@@ -40,6 +41,7 @@ from bgpvip.core.services import (
     pool_label_keys,
 )
 from tests.kubeapi import FakeKubeAPI, Recorded
+from tests.pki import serving_certificate
 
 FIXTURES = Path(__file__).parent / "kube_fixtures"
 NODE = "worker-1"
@@ -432,6 +434,68 @@ def test_api_outage_is_fail_static_then_resyncs(
     assert collector.state.node is not None and collector.state.node.drained
     assert collector.state.unavailable == ()
     assert not collector.of(KubeDelete)
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[FakeKubeAPI]:
+    """The fake over HTTPS with a bearer token, as a ServiceAccount reaches kube-apiserver."""
+    server = FakeKubeAPI(
+        tls_dir=serving_certificate(tmp_path, ips=("127.0.0.1",)), token="s3cret-t0ken"
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_watcher_over_https_with_a_bearer_token(secured: FakeKubeAPI, collector: Collector) -> None:
+    """The DaemonSet's path: TLS verified against the cluster CA, the token on every request
+    (lists and watches), and a watch resumed over a fresh TLS connection after a cut."""
+    secured.put("nodes", node())
+    secured.put("services", service("web"))
+    secured.put("endpointslices", endpoint_slice("web", NODE))
+    assert secured.url.startswith("https://")
+    api_client = make_api_client(KubernetesConfig(), configuration=secured.configuration())
+    w = KubeWatcher(api_client, node_name=NODE, emit=collector, watch_timeout=5.0, backoff_initial=0.05)
+    w.start()
+    try:
+        collector.wait(lambda: collector.state.ready, what="initial lists over HTTPS")
+        secured.wait_for(lambda: secured.open_watches == 3)
+        secured.drop_watches()
+        secured.put("services", service("api", "203.0.113.11"))
+        collector.wait(lambda: collector.service_names() == {"web", "api"}, what="a change after the cut")
+    finally:
+        w.stop(timeout=2)
+        api_client.close()
+    assert secured.misuse == []
+    assert {r.status for r in secured.requests if r.status} == {200}
+
+
+def test_a_wrong_token_is_refused_and_recorded(secured: FakeKubeAPI) -> None:
+    configuration = secured.configuration()
+    configuration.api_key = {"authorization": "Bearer not-the-token"}
+    api_client = make_api_client(KubernetesConfig(), configuration=configuration)
+    try:
+        with pytest.raises(client.ApiException) as e:
+            client.CoreV1Api(api_client).list_node()
+    finally:
+        api_client.close()
+    assert e.value.status == 401 and json.loads(e.value.body)["reason"] == "Unauthorized"
+    assert secured.misuse == ["GET /api/v1/nodes: 401 Unauthorized"]
+
+
+def test_a_server_certificate_from_another_ca_is_refused(secured: FakeKubeAPI, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    configuration = secured.configuration()
+    configuration.ssl_ca_cert = str(serving_certificate(other, ips=("127.0.0.1",)) / "ca.crt")
+    api_client = make_api_client(KubernetesConfig(), configuration=configuration)
+    try:
+        with pytest.raises(client.ApiException, match="CERTIFICATE_VERIFY_FAILED"):
+            client.CoreV1Api(api_client).list_node()
+    finally:
+        api_client.close()
+    assert secured.requests == []
 
 
 def test_malformed_objects_never_crash_the_watcher(

@@ -7,7 +7,6 @@ in the adapter's report, not here.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
 import signal
 import socket
@@ -21,15 +20,14 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bgpvip.adapters.probes import ExecProbe, HttpProbe, Probe, TcpProbe, make_probe, run_check
 from bgpvip.core.config import ExecCheck, HttpCheck, KubeApiserverCheck, TcpCheck
 from bgpvip.core.model import ProbeResult
+from tests.pki import issue
 
 SLACK = 1.0
 """Generous allowance for a loaded CI machine on top of any expected time."""
@@ -192,74 +190,12 @@ class Pki:
     other_ca: Path
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(
-    directory: Path,
-    stem: str,
-    *,
-    cn: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    sans: tuple[x509.GeneralName, ...] = (),
-    usage: x509.ObjectIdentifier | None = None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer[0].subject if issuer else _name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if issuer is None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        builder = builder.add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
-    else:
-        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()), critical=False
-        )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{stem}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A throwaway CA, a kube-apiserver-like serving cert (SAN `kubernetes`, not 127.0.0.1), a client cert."""
     d = tmp_path_factory.mktemp("tls")
-    ca = _issue(d, "ca", cn="bgpvip-test-ca", issuer=None)
-    _issue(
+    ca = issue(d, "ca", cn="bgpvip-test-ca", issuer=None)
+    issue(
         d,
         "server",
         cn="kube-apiserver",
@@ -267,8 +203,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         sans=(x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default")),
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
     )
-    _issue(d, "client", cn="bgpvip-probe", issuer=ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
-    _issue(d, "other-ca", cn="someone-else", issuer=None)
+    issue(d, "client", cn="bgpvip-probe", issuer=ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    issue(d, "other-ca", cn="someone-else", issuer=None)
     return Pki(
         ca=d / "ca.crt",
         server_cert=d / "server.crt",

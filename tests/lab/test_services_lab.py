@@ -3,10 +3,13 @@
 The API is tests/kubeapi.py's FakeKubeAPI (no kube-apiserver can run here), served to the
 nodes through a TCP relay listening inside the client namespace (10.0.100.2:6443), so the
 speakers reach it across r1 like a real API server. Outages cut the relay's upstream.
+It serves HTTPS and requires a bearer token; the speakers run as the DaemonSet's pods do, with
+the official client's in-cluster loader reading their ServiceAccount files (bgpvip_lab.InCluster).
 """
 
 from __future__ import annotations
 
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,9 +19,19 @@ from typing import Any
 
 import nslab
 import pytest
-from bgpvip_lab import Relay, Speaker, node_config, node_workdir, start_speaker, write_kubeconfig
+from bgpvip_lab import (
+    InCluster,
+    Relay,
+    Speaker,
+    in_cluster,
+    node_config,
+    node_workdir,
+    start_speaker,
+    write_kubeconfig,
+)
 
 from tests.kubeapi import FakeKubeAPI
+from tests.pki import serving_certificate
 
 NODES = ("n1", "n2", "n3")
 API_ADDR = ("10.0.100.2", 6443)
@@ -82,7 +95,10 @@ def wait_gateways(lab: nslab.Lab, prefix: str, nodes: set[str], timeout: float =
 
 @pytest.fixture(scope="module")
 def api(lab: nslab.Lab) -> Iterator[FakeKubeAPI]:
-    with FakeKubeAPI() as fake:
+    tls = lab.state_dir / "api-tls"
+    tls.mkdir(exist_ok=True)
+    serving_certificate(tls, ips=(API_ADDR[0], "127.0.0.1"))
+    with FakeKubeAPI(tls_dir=tls, token=secrets.token_urlsafe(24)) as fake:
         relay = Relay(lab, "client", API_ADDR, ("127.0.0.1", fake.port))
         try:
             for n in NODES:
@@ -90,11 +106,18 @@ def api(lab: nslab.Lab) -> Iterator[FakeKubeAPI]:
             yield fake
         finally:
             relay.close()
+        assert fake.misuse == [], "a speaker used the API in a way no apiserver serves"
 
 
 @pytest.fixture(scope="module")
-def speakers(lab: nslab.Lab, api: FakeKubeAPI) -> Iterator[dict[str, Speaker]]:
-    kubeconfig = write_kubeconfig(lab, API_ADDR)
+def pod(lab: nslab.Lab, api: FakeKubeAPI) -> Iterator[InCluster]:
+    assert api.tls_dir is not None and api.token is not None
+    with in_cluster(lab, API_ADDR, ca=api.tls_dir / "ca.crt", token=api.token) as ic:
+        yield ic
+
+
+@pytest.fixture(scope="module")
+def speakers(lab: nslab.Lab, api: FakeKubeAPI, pod: InCluster) -> Iterator[dict[str, Speaker]]:
     started = {}
     try:
         for n in NODES:
@@ -104,9 +127,9 @@ def speakers(lab: nslab.Lab, api: FakeKubeAPI) -> Iterator[dict[str, Speaker]]:
                 n,
                 [],
                 pools=[{"name": "default", "addresses": [POOL]}],
-                kubernetes={"enabled": True, "kubeconfig": str(kubeconfig), "watch_timeout": 10},
+                kubernetes={"enabled": True, "watch_timeout": 10},
             )
-            started[n] = start_speaker(lab, n, config)
+            started[n] = start_speaker(lab, n, config, kube=pod)
         yield started
     finally:
         for sp in started.values():
@@ -202,13 +225,9 @@ def test_controller_assigns_speakers_announce_client_connects(
     the speakers announce it, and the client's TCP connection through r1 is answered."""
     work = lab.state_dir / "controller"
     work.mkdir(exist_ok=True)
-    kubeconfig = work / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{api.url}'}}}}]\n"
-        "users: [{name: u, user: {}}]\n"
-        "contexts: [{name: fake, context: {cluster: fake, user: u}}]\n"
-        "current-context: fake\n"
+    assert api.tls_dir is not None
+    kubeconfig = write_kubeconfig(
+        lab, ("127.0.0.1", api.port), ca=api.tls_dir / "ca.crt", token=api.token, path=work / "kubeconfig"
     )
     config = work / "config.yaml"
     config.write_text(
