@@ -12,7 +12,9 @@ runs: a prefix-list entry is added to r1's running config at start and removed a
            the acks continuously. Timed from starting ExaBGP until all N /32s are in r1's kernel
            table; then ExaBGP is stopped and the benchmark waits until they are gone.
   bgpvip   `bgpvip run` in Kubernetes mode against tests/kubeapi.py's FakeKubeAPI (served to n1
-           through a relay in the client namespace, so n1 reaches the API across r1), pre-loaded
+           through a relay in the client namespace, so n1 reaches the API across r1; by default
+           over HTTPS with a ServiceAccount token read by the client's in-cluster loader, as the
+           DaemonSet does, see --kube-auth), pre-loaded
            with N LoadBalancer Services (class bgpvip.io/bgp, one ingress IP each in the pool),
            one EndpointSlice each with a ready endpoint, and the 3 Nodes. Timed from starting
            `bgpvip run` until all N /32s are in r1's kernel table. Raw and bgpvip alternate for
@@ -53,6 +55,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -603,11 +606,15 @@ class Bench:
         self.list_requests: list[tuple[float, str, str]] = []
         self.prefix_list_added = False
         self.event_writes_at_start = 0
+        self.kubeconfig: Path | None = None
+        self.pod: bgpvip_lab.InCluster | None = None
+        self._exit = contextlib.ExitStack()
 
     # ----- setup
 
     def setup(self) -> None:
         from tests.kubeapi import FakeKubeAPI
+        from tests.pki import serving_certificate
 
         lab = self.lab
         line = f"ip prefix-list VIPS seq {PREFIX_LIST_SEQ} permit {self.pool} le 32"
@@ -619,10 +626,19 @@ class Bench:
         if self.watch.present:
             raise BenchError(f"r1 already has {len(self.watch.present)} routes in {self.pool}")
         # history large enough that the speaker's own Events never push a watch into 410
-        self.api = FakeKubeAPI(history_window=10_000_000).start()
+        # and, as kube-apiserver, HTTPS with a ServiceAccount's bearer token
+        tls = serving_certificate(self.work / "tls", ips=(API_ADDR[0],)) if self.args.tls else None
+        token = secrets.token_urlsafe(24) if self.args.tls else None
+        self.api = FakeKubeAPI(history_window=10_000_000, tls_dir=tls, token=token).start()
         self.api.before_request = self._stamp_request
         self.relay = bgpvip_lab.Relay(lab, "client", API_ADDR, ("127.0.0.1", self.api.port))
-        self.kubeconfig = bgpvip_lab.write_kubeconfig(lab, API_ADDR)
+        ca = tls / "ca.crt" if tls else None
+        if self.args.kube_auth == "in-cluster":
+            if ca is None or token is None:
+                raise BenchError("--kube-auth in-cluster needs TLS: the in-cluster loader only speaks HTTPS")
+            self.pod = self._exit.enter_context(bgpvip_lab.in_cluster(lab, API_ADDR, ca=ca, token=token))
+        else:
+            self.kubeconfig = bgpvip_lab.write_kubeconfig(lab, API_ADDR, ca=ca, token=token)
         self.cluster = Cluster(self.api, self.pool, self.args.services, self.args.local)
         t = time.monotonic()
         self.cluster.load()
@@ -661,6 +677,9 @@ class Bench:
             self.relay.close()
         if self.api is not None:
             self.api.stop()
+            if self.api.misuse:
+                log(f"the speaker misused the fake API: {self.api.misuse[:5]}")
+        self._exit.close()
         if self.watch is not None:
             self.watch.close()
         if self.prefix_list_added:
@@ -679,7 +698,7 @@ class Bench:
             NODE,
             [],
             pools=[{"name": "bench", "addresses": [str(self.pool)]}],
-            kubernetes={"enabled": True, "kubeconfig": str(self.kubeconfig)},
+            kubernetes={"enabled": True, "kubeconfig": str(self.kubeconfig) if self.kubeconfig else None},
             exabgp={"executable": self.exe},
         )
 
@@ -758,7 +777,7 @@ class Bench:
         self.event_writes_at_start = self.event_writes()
         wall0, t0 = time.time(), time.monotonic()
         self.speaker = bgpvip_lab.start_speaker(
-            self.lab, NODE, self.config(), name=f"bgpvip-{len(self.report['rounds'])}"
+            self.lab, NODE, self.config(), name=f"bgpvip-{len(self.report['rounds'])}", kube=self.pod
         )
         return wall0, t0
 
@@ -1231,6 +1250,8 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append(
         f"pool {report['pool']}, batches of {BATCH}, ExaBGP reactor speed 0.1 (bgpvip's exabgp_environment)"
     )
+    if report.get("api"):
+        lines.append(f"the speaker reaches the fake API over {report['api']}")
     lines.append("\nconvergence: start -> all /32s in r1's kernel (s)")
     lines.append(f"{'round':>5} {'raw ExaBGP':>11} {'bgpvip':>9} {'ratio':>6}")
     for i, r in enumerate(report["rounds"]):
@@ -1325,6 +1346,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"pool {report['pool']}; load average before {report['loadavg_before']}; other benchmarks running: "
         f"{report.get('other_benchmarks') or 'none'})."
     )
+    if report.get("api"):
+        out += ["", f"The speaker reached the fake API over {report['api']}."]
     out += ["", "| target | measured | status |", "|---|---|---|"]
     for t in targets(report):
         out.append(f"| {t['target']} | {t['shown']} | {t['status']} |")
@@ -1451,6 +1474,15 @@ def other_benchmarks() -> list[str]:
     return out
 
 
+def api_mode(args: argparse.Namespace) -> str:
+    auth = (
+        "the in-cluster loader (KUBERNETES_SERVICE_* and ServiceAccount files, as in the DaemonSet)"
+        if args.kube_auth == "in-cluster"
+        else "a kubeconfig"
+    )
+    return f"{'HTTPS with a bearer token' if args.tls else 'plain HTTP'}, reached through {auth}"
+
+
 def _pause(text: str) -> tuple[float, float]:
     lo, _, hi = text.partition(",")
     return float(lo), float(hi or lo)
@@ -1505,6 +1537,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--idle-seconds", type=float, default=None, help="idle CPU sample after convergence (30; quick 5)"
     )
+    parser.add_argument(
+        "--kube-auth",
+        choices=("in-cluster", "kubeconfig"),
+        default="in-cluster",
+        help="how the speaker reaches the API: in-cluster (default; the DaemonSet's way: KUBERNETES_SERVICE_* "
+        "and the ServiceAccount files, mounted in a private mount namespace) or kubeconfig (the official "
+        "kubeconfig loader, which brings requests and oauthlib)",
+    )
+    parser.add_argument(
+        "--no-tls",
+        dest="tls",
+        action="store_false",
+        help="the fake API speaks plain HTTP without a token (only with --kube-auth kubeconfig)",
+    )
     parser.add_argument("--settle", type=float, default=2.0, help="quiet seconds before each start (2)")
     parser.add_argument("--timeout", type=float, default=180.0, help="deadline of each convergence (180 s)")
     parser.add_argument("--change-timeout", type=float, default=10.0, help="deadline of each change (10 s)")
@@ -1556,6 +1602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.local = args.local if args.local is not None else min(10, max(1, args.services // 20))
     if args.services < 1 or args.rounds < 1 or args.changes < 0:
         parser.error("--services and --rounds must be at least 1, --changes at least 0")
+    if args.kube_auth == "in-cluster" and not args.tls:
+        parser.error("--no-tls needs --kube-auth kubeconfig: the in-cluster loader only speaks HTTPS")
     problem = preflight()
     if problem:
         print(f"services.py: {problem}", file=sys.stderr)
@@ -1575,6 +1623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds_count": args.rounds,
         "seed": seed,
         "batch": BATCH,
+        "api": api_mode(args),
         "detector": "rtnetlink multicast RTMGRP_IPV4_ROUTE in r1 (64 MiB buffer), stamped with time.monotonic() in a "
         "thread blocked in recv(); counts confirmed by a full RTM_GETROUTE dump, changes by a route lookup",
         "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),

@@ -82,6 +82,7 @@ def issue(
 def serving_certificate(directory: Path, *, ips: tuple[str, ...] = (), dns: tuple[str, ...] = ()) -> Path:
     """A CA (`ca.crt`) and a server certificate it signed (`server.crt`, `server.key`) for these
     addresses and names, as a kube-apiserver's. Returns `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
     ca = issue(directory, "ca", cn="bgpvip-test-ca", issuer=None)
     sans = tuple(x509.IPAddress(ipaddress.ip_address(a)) for a in ips) + tuple(x509.DNSName(d) for d in dns)
     issue(

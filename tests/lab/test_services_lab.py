@@ -95,9 +95,7 @@ def wait_gateways(lab: nslab.Lab, prefix: str, nodes: set[str], timeout: float =
 
 @pytest.fixture(scope="module")
 def api(lab: nslab.Lab) -> Iterator[FakeKubeAPI]:
-    tls = lab.state_dir / "api-tls"
-    tls.mkdir(exist_ok=True)
-    serving_certificate(tls, ips=(API_ADDR[0], "127.0.0.1"))
+    tls = serving_certificate(lab.state_dir / "api-tls", ips=(API_ADDR[0], "127.0.0.1"))
     with FakeKubeAPI(tls_dir=tls, token=secrets.token_urlsafe(24)) as fake:
         relay = Relay(lab, "client", API_ADDR, ("127.0.0.1", fake.port))
         try:
