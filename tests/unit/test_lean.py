@@ -82,11 +82,15 @@ def test_in_cluster_config_loads_only_the_in_cluster_loader() -> None:
     )
 
 
-def test_the_netlink_adapter_loads_iproute_without_the_other_netlink_families() -> None:
+def test_the_netlink_adapter_loads_iproute_on_first_use_without_the_other_netlink_families() -> None:
     run(
         """
         import sys
-        import bgpvip.adapters.netlink
+        import bgpvip.adapters.netlink as netlink
+        assert not [m for m in sys.modules if m.startswith("pyroute2")]  # nothing until it is needed
+        assert netlink.IPRoute.__module__ == "pyroute2.iproute.linux"
+        assert netlink.NetlinkError.__module__ == "pyroute2.netlink.exceptions"
+        assert isinstance(netlink.IFA_F_NODAD, int) and isinstance(netlink.IFF_UP, int)
         assert "pyroute2" not in sys.modules
         assert "pyroute2.iproute.linux" in sys.modules
         assert not [m for m in sys.modules if m.startswith(("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.nftables"))]
