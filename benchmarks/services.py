@@ -161,6 +161,112 @@ def main():
 main()
 """
 
+# The floor anchor's API process: the least any Python speaker must do that reads the cluster.
+# Standard library only, no framework, no decisions beyond the rule itself: list Services and
+# EndpointSlices from the same API as bgpvip (HTTPS, the token, pages of 500, both kinds at
+# once), and as pages arrive announce each in-pool ingress IP whose Service has a ready
+# endpoint (on this node for externalTrafficPolicy Local), in the raw anchor's batch lines.
+# No Nodes, no watch, no Events, no status, no withdrawals: it measures what reading 10,000
+# Services costs in Python, not a speaker.
+LISTER_API = r"""
+import http.client, ipaddress, json, os, queue, ssl, sys, threading, time
+
+def log(msg):
+    sys.stderr.write(f"lister-api {msg} wall={time.time():.6f}\n")
+    sys.stderr.flush()
+
+def main():
+    host, port, ca, token, pool, node, batch = sys.argv[1:8]
+    log("event=start")
+    pool, batch = ipaddress.ip_network(pool), int(batch)
+    ctx = ssl.create_default_context(cafile=ca)
+    pages = queue.Queue()
+
+    def lister(path):
+        conn = http.client.HTTPSConnection(host, int(port), context=ctx)
+        cont = ""
+        while True:
+            q = "?limit=500" + (f"&continue={cont}" if cont else "")
+            conn.request("GET", path + q, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                log(f"event=error status={resp.status} path={path}")
+                os._exit(1)
+            doc = json.loads(body)
+            cont = doc["metadata"].get("continue", "")
+            pages.put((path, doc["items"], not cont))
+            if not cont:
+                return
+
+    state = {"acks": 0, "lines": 0, "done": False}
+    lock = threading.Lock()
+
+    def reader():  # acks and events share stdin and must always be read, or ExaBGP stalls
+        for raw in sys.stdin.buffer:
+            if raw.strip() in (b"done", b"error"):
+                with lock:
+                    state["acks"] += 1
+                    if state["done"] and state["acks"] == state["lines"]:
+                        log(f"event=acked lines={state['lines']}")
+        os._exit(0)
+
+    threading.Thread(target=reader, daemon=True).start()
+    for path in ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices"):
+        threading.Thread(target=lister, args=(path,), daemon=True).start()
+    ips, local, ready, announced = {}, set(), {}, set()
+    out, left, first = sys.stdout.buffer, 2, True
+    while left:
+        path, items, last = pages.get()
+        if first:
+            log("event=first-page")
+            first = False
+        left -= last
+        if path.endswith("services"):
+            for s in items:
+                spec, md = s.get("spec", {}), s["metadata"]
+                if spec.get("type") != "LoadBalancer" or spec.get("loadBalancerClass") != "bgpvip.io/bgp":
+                    continue
+                key = (md["namespace"], md["name"])
+                for ing in s.get("status", {}).get("loadBalancer", {}).get("ingress", []):
+                    if "ip" in ing and ipaddress.ip_address(ing["ip"]) in pool:
+                        ips[key] = ing["ip"]
+                if spec.get("externalTrafficPolicy") == "Local":
+                    local.add(key)
+        else:
+            for sl in items:
+                md = sl["metadata"]
+                svc = md.get("labels", {}).get("kubernetes.io/service-name")
+                for e in sl.get("endpoints") or []:
+                    if e.get("conditions", {}).get("ready", True) is not False:
+                        ready.setdefault((md["namespace"], svc), set()).add(e.get("nodeName"))
+        keys = [
+            key for key in ips
+            if key not in announced and key in ready and (key not in local or node in ready[key])
+        ]
+        announced.update(keys)
+        new = [ips[key] for key in keys]
+        lines = [
+            "announce attributes next-hop self nlri " + " ".join(f"{ip}/32" for ip in new[i : i + batch])
+            for i in range(0, len(new), batch)
+        ]
+        with lock:
+            state["lines"] += len(lines)
+            state["done"] = left == 0
+        out.write("".join(line + "\n" for line in lines).encode())
+        out.flush()
+    log(f"event=listed announced={len(announced)}")
+    with lock:
+        if state["acks"] == state["lines"]:
+            log(f"event=acked lines={state['lines']}")
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(0)
+
+main()
+"""
+
 
 class BenchError(RuntimeError):
     """A phase could not be set up or did not reach its state in time."""
@@ -660,6 +766,8 @@ class Bench:
         self.prefix_file.write_text("\n".join(self.cluster.prefixes()) + "\n")
         self.raw_script = self.work / "raw_api.py"
         self.raw_script.write_text(RAW_API)
+        self.lister_script = self.work / "lister_api.py"
+        self.lister_script.write_text(LISTER_API)
 
     def _stamp_request(self, rec: Any) -> None:
         if (
@@ -712,16 +820,38 @@ class Bench:
             time.sleep(0.1)
         time.sleep(self.args.settle)
 
-    # ----- 1. raw ExaBGP
+    # ----- 1. the anchors: raw ExaBGP, and ExaBGP with the stdlib lister
 
     def run_raw(self) -> dict[str, Any]:
+        """ExaBGP handed the N prefixes by a process that already has them."""
+        return self._run_anchor(
+            "raw", [sys.executable, str(self.raw_script), str(self.prefix_file), str(BATCH)]
+        )
+
+    def run_lister(self) -> dict[str, Any]:
+        """ExaBGP with LISTER_API, which must first read them from the API."""
+        api = self.api
+        if api.tls_dir is None or api.token is None:
+            raise BenchError("the lister anchor needs the API's TLS and token (not --no-tls)")
+        host, port = API_ADDR
+        cmd = [
+            sys.executable,
+            str(self.lister_script),
+            host,
+            str(port),
+            str(api.tls_dir / "ca.crt"),
+            api.token,
+        ]
+        return self._run_anchor("lister", [*cmd, str(self.pool), NODE, str(BATCH)])
+
+    def _run_anchor(self, name: str, process_command: list[str]) -> dict[str, Any]:
         from bgpvip.adapters import exabgp as exa
         from bgpvip.configfile import load_file
 
         assert self.watch is not None
         lab = self.lab
         self.wait_peer_idle()
-        runtime = bgpvip_lab.node_workdir(lab, NODE) / "raw"
+        runtime = bgpvip_lab.node_workdir(lab, NODE) / name
         runtime.mkdir(parents=True, exist_ok=True)
         cfg_path = runtime / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
@@ -730,18 +860,18 @@ class Bench:
         conf.write_text(
             exa.render_config(
                 config,
-                process_command=[sys.executable, str(self.raw_script), str(self.prefix_file), str(BATCH)],
+                process_command=process_command,
                 local_addresses={},
             )
         )
         env = {"PYTHONUNBUFFERED": "1", **exa.exabgp_environment(config.exabgp, runtime)}
-        log_path = lab.log_dir / f"{NODE}-raw-exabgp.log"
+        log_path = lab.log_dir / f"{NODE}-{name}-exabgp.log"
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()
         n = self.args.services
         self.watch.arm(n)
         wall0, t0 = time.time(), time.monotonic()
-        proc = lab.popen(NODE, [self.exe, str(conf)], log_path=log_path, name="raw-exabgp", env=env)
+        proc = lab.popen(NODE, [self.exe, str(conf)], log_path=log_path, name=f"{name}-exabgp", env=env)
         try:
             t_done, how, dumped = self.watch.wait_count(t0 + self.args.timeout)
             total = t_done - t0
@@ -751,13 +881,13 @@ class Bench:
             while "acked" not in marks and time.monotonic() < deadline:
                 marks = raw_marks(log_path, wall0)
                 time.sleep(0.05)
-            log(f"raw ExaBGP: {n} routes in r1's kernel after {total:.3f}s ({how})")
+            log(f"{name} ExaBGP: {n} routes in r1's kernel after {total:.3f}s ({how})")
             self.watch.arm(0)
             t_stop = time.monotonic()
         finally:
             stop_process(proc, timeout=30.0)
         t_gone, _, _ = self.watch.wait_count(t_stop + 60)
-        log(f"raw ExaBGP stopped: r1 empty after {t_gone - t_stop:.2f}s")
+        log(f"{name} ExaBGP stopped: r1 empty after {t_gone - t_stop:.2f}s")
         return {
             "seconds": round(total, 4),
             "detected_by": how,
@@ -1035,7 +1165,7 @@ def raw_marks(path: Path, since_wall: float) -> dict[str, float]:
     marks: dict[str, float] = {}
     with contextlib.suppress(OSError):
         for line in path.read_text(errors="replace").splitlines():
-            m = re.search(r"raw-api event=(\w+).* wall=([\d.]+)", line)
+            m = re.search(r"(?:raw|lister)-api event=([\w-]+).* wall=([\d.]+)", line)
             if m and float(m.group(2)) >= since_wall:
                 marks.setdefault(f"api_{m.group(1)}", round(float(m.group(2)) - since_wall, 4))
     if "api_acked" in marks:
@@ -1191,6 +1321,14 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         if ratio is None
         else f"{ratio:.2f}x ({_s(conv.get('bgpvip_median'))} s / {_s(conv.get('raw_median'))} s)"
     )
+    floor = conv.get("lister_ratio")
+    if floor is not None:
+        add(
+            "floor: stdlib lister/raw (no target; what reading the API costs)",
+            floor,
+            None,
+            f"{floor:.2f}x ({_s(conv.get('lister_median'))} s / {_s(conv.get('raw_median'))} s)",
+        )
     add(
         f"convergence bgpvip/raw <= {TARGET_RATIO_ISSUE}x (issue 4)",
         ratio,
@@ -1253,15 +1391,23 @@ def render_text(report: dict[str, Any]) -> str:
     if report.get("api"):
         lines.append(f"the speaker reaches the fake API over {report['api']}")
     lines.append("\nconvergence: start -> all /32s in r1's kernel (s)")
-    lines.append(f"{'round':>5} {'raw ExaBGP':>11} {'bgpvip':>9} {'ratio':>6}")
+    lines.append(f"{'round':>5} {'raw ExaBGP':>11} {'lister':>7} {'bgpvip':>9} {'ratio':>6}")
     for i, r in enumerate(report["rounds"]):
         raw, bg = r.get("raw", {}).get("seconds"), r.get("bgpvip", {}).get("seconds")
         ratio = f"{bg / raw:.2f}" if raw and bg else "-"
-        lines.append(f"{i + 1:>5} {_s(raw):>11} {_s(bg):>9} {ratio:>6}")
+        lines.append(
+            f"{i + 1:>5} {_s(raw):>11} {_s(r.get('lister', {}).get('seconds')):>7} {_s(bg):>9} {ratio:>6}"
+        )
     conv = report.get("convergence", {})
     lines.append(
-        f"{'med':>5} {_s(conv.get('raw_median')):>11} {_s(conv.get('bgpvip_median')):>9} {(conv.get('ratio') or 0):>6.2f}"
+        f"{'med':>5} {_s(conv.get('raw_median')):>11} {_s(conv.get('lister_median')):>7} "
+        f"{_s(conv.get('bgpvip_median')):>9} {(conv.get('ratio') or 0):>6.2f}"
     )
+    if conv.get("lister_median") is not None:
+        lines.append(
+            f"floor: the stdlib lister (reads the API, then announces) is {conv['lister_ratio']:.2f}x raw; "
+            f"bgpvip is {conv['bgpvip_over_lister']:.2f}x the lister"
+        )
     if conv.get("bgpvip_from_exabgp_start_median") is not None:
         lines.append(
             f"bgpvip counted from its ExaBGP's start (without `bgpvip run`'s own start-up): "
@@ -1278,6 +1424,12 @@ def render_text(report: dict[str, Any]) -> str:
             if k.startswith("api_"):
                 lines.append(f"  {k:<22} {v:8.3f}")
         lines.append(f"  {'routes_in_kernel':<22} {last['raw']['seconds']:8.3f}")
+    if last.get("lister", {}).get("marks"):
+        lines.append("lister timeline of the last round (s after ExaBGP started):")
+        for k, v in last["lister"]["marks"].items():
+            if k.startswith("api_"):
+                lines.append(f"  {k:<22} {v:8.3f}")
+        lines.append(f"  {'routes_in_kernel':<22} {last['lister']['seconds']:8.3f}")
     withdraws = [
         r.get("bgpvip_stop_seconds") for r in report["rounds"] if r.get("bgpvip_stop_seconds") is not None
     ]
@@ -1352,14 +1504,27 @@ def render_markdown(report: dict[str, Any]) -> str:
     for t in targets(report):
         out.append(f"| {t['target']} | {t['shown']} | {t['status']} |")
     out += ["", f"Convergence, start → all {n:,} /32s in r1's kernel table (seconds):", ""]
-    out += ["| round | raw ExaBGP | bgpvip | ratio |", "|---|---|---|---|"]
+    out += [
+        "| round | raw ExaBGP | stdlib lister (floor) | bgpvip | bgpvip / raw |",
+        "|---|---|---|---|---|",
+    ]
     for i, r in enumerate(report["rounds"]):
         raw, bg = r.get("raw", {}).get("seconds"), r.get("bgpvip", {}).get("seconds")
-        out.append(f"| {i + 1} | {_s(raw)} | {_s(bg)} | {f'{bg / raw:.2f}' if raw and bg else '-'} |")
+        lister = _s(r.get("lister", {}).get("seconds"))
+        out.append(
+            f"| {i + 1} | {_s(raw)} | {lister} | {_s(bg)} | {f'{bg / raw:.2f}' if raw and bg else '-'} |"
+        )
     conv = report.get("convergence", {})
     out.append(
-        f"| median | {_s(conv.get('raw_median'))} | {_s(conv.get('bgpvip_median'))} | {(conv.get('ratio') or 0):.2f} |"
+        f"| median | {_s(conv.get('raw_median'))} | {_s(conv.get('lister_median'))} | "
+        f"{_s(conv.get('bgpvip_median'))} | {(conv.get('ratio') or 0):.2f} |"
     )
+    if conv.get("lister_median") is not None:
+        out.append(
+            f"\nThe floor: ExaBGP with a standard-library Python process that lists the same API itself "
+            f"(`LISTER_API` in benchmarks/services.py) took {conv['lister_ratio']:.2f}x raw; bgpvip took "
+            f"{conv['bgpvip_over_lister']:.2f}x the floor."
+        )
     if conv.get("bgpvip_from_exabgp_start_median") is not None:
         out.append(
             f"\nCounted from the start of bgpvip's ExaBGP instead (without `bgpvip run`'s own start-up): "
@@ -1378,6 +1543,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             if k.startswith("api_"):
                 out.append(f"| {k} | {v:.3f} |")
         out.append(f"| routes_in_kernel | {last['raw']['seconds']:.3f} |")
+    if last.get("lister", {}).get("marks"):
+        out += ["", "Stdlib lister timeline, last round (seconds after ExaBGP started):", ""]
+        out += ["| mark | s |", "|---|---|"]
+        for k, v in last["lister"]["marks"].items():
+            if k.startswith("api_"):
+                out.append(f"| {k} | {v:.3f} |")
+        out.append(f"| routes_in_kernel | {last['lister']['seconds']:.3f} |")
     ch = report.get("changes")
     if ch and ch.get("summary"):
         out += [
@@ -1551,6 +1723,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="the fake API speaks plain HTTP without a token (only with --kube-auth kubeconfig)",
     )
+    parser.add_argument(
+        "--no-lister",
+        dest="lister",
+        action="store_false",
+        help="skip the floor anchor: ExaBGP with a standard-library Python process that lists the API itself",
+    )
     parser.add_argument("--settle", type=float, default=2.0, help="quiet seconds before each start (2)")
     parser.add_argument("--timeout", type=float, default=180.0, help="deadline of each convergence (180 s)")
     parser.add_argument("--change-timeout", type=float, default=10.0, help="deadline of each change (10 s)")
@@ -1602,6 +1780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.local = args.local if args.local is not None else min(10, max(1, args.services // 20))
     if args.services < 1 or args.rounds < 1 or args.changes < 0:
         parser.error("--services and --rounds must be at least 1, --changes at least 0")
+    if args.lister and not args.tls:
+        parser.error("--no-tls needs --no-lister: the lister anchor reads the API as a pod does, over HTTPS")
     if args.kube_auth == "in-cluster" and not args.tls:
         parser.error("--no-tls needs --kube-auth kubeconfig: the in-cluster loader only speaks HTTPS")
     problem = preflight()
@@ -1655,6 +1835,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["rounds"].append(rnd)
             log(f"== round {r + 1}/{args.rounds}: raw ExaBGP")
             rnd["raw"] = bench.run_raw()
+            if args.lister:
+                log(f"== round {r + 1}/{args.rounds}: the stdlib lister (floor)")
+                rnd["lister"] = bench.run_lister()
             log(f"== round {r + 1}/{args.rounds}: bgpvip")
             rnd["bgpvip"] = bench.run_bgpvip(
                 profile=profile_dir / "convergence.txt" if (profile_dir and last) else None
@@ -1668,6 +1851,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bgpvip_median": statistics.median(bgs),
             "ratio": round(statistics.median(bgs) / statistics.median(raws), 3),
         }
+        listers = [r["lister"]["seconds"] for r in report["rounds"] if "lister" in r]
+        if listers:
+            # the floor for a Python process that reads the cluster, in the same run
+            report["convergence"]["lister_median"] = statistics.median(listers)
+            report["convergence"]["lister_ratio"] = round(
+                statistics.median(listers) / statistics.median(raws), 3
+            )
+            report["convergence"]["bgpvip_over_lister"] = round(
+                statistics.median(bgs) / statistics.median(listers), 3
+            )
         from_exabgp = [
             r["bgpvip"]["seconds"] - r["bgpvip"]["marks"]["exabgp_started"]
             for r in report["rounds"]
