@@ -22,7 +22,7 @@ from bgpvip import __version__, logs
 from bgpvip.core import health as healthmod
 from bgpvip.core.config import CheckKey
 from bgpvip.core.desired import check_keys
-from bgpvip.core.model import Action, Applied, Decision, Desired, ProbeResult, Route, overridden
+from bgpvip.core.model import Action, Applied, Decision, Desired, IPAddress, ProbeResult, Route, overridden
 from bgpvip.core.services import ServiceDecisions
 from bgpvip.reconcile import World
 
@@ -47,7 +47,7 @@ def route_json(r: Route) -> dict[str, Any]:
     return out
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Since:
     announced: bool
     reason: str
@@ -117,7 +117,7 @@ class StatusBoard:
         self.world: World | None = None
         self.desired = Desired()
         self.applied = Applied()
-        self._since: dict[str, dict[str, _Since]] = {}
+        self._since: dict[str, dict[IPAddress, _Since]] = {}
         """source → address → since when its (announce, reason) holds"""
         self.last_reconcile_monotonic = time.monotonic()
         self.last_errors: list[dict[str, Any]] = []
@@ -174,18 +174,23 @@ class StatusBoard:
         previous: Mapping[str, tuple[Decision, ...]],
         now: float,
     ) -> None:
-        """Since-when per decision: kept while (announce, reason) stays the same."""
+        """Since-when per decision: kept while (announce, reason) stays the same.
+
+        Keyed by the decision's address object (shared with its route), and the decisions that
+        change at the same moment in the same way share one `_Since`: after the first list of
+        10,000 Services that is one object instead of 10,000 (~1 MB)."""
         for source in previous.keys() - groups.keys():
             self._since.pop(source, None)
+        fresh: dict[tuple[bool, str], _Since] = {}
         for source, decisions in groups.items():
             old = self._since.get(source, {})
-            new: dict[str, _Since] = {}
+            new: dict[IPAddress, _Since] = {}
             for d in decisions:
-                key = str(d.address)
-                prev = old.get(key)
+                prev = old.get(d.address)
                 if prev is None or prev.announced != d.announce or prev.reason != d.reason.value:
-                    prev = _Since(d.announce, d.reason.value, now)
-                new[key] = prev
+                    k = (d.announce, d.reason.value)
+                    prev = fresh.get(k) or fresh.setdefault(k, _Since(d.announce, d.reason.value, now))
+                new[d.address] = prev
             if new:
                 self._since[source] = new
             else:
@@ -285,7 +290,7 @@ class StatusBoard:
 
     def _decision_json(self, d: Decision, announced_prefixes: set[Any]) -> dict[str, Any]:
         is_announced = d.route is not None and d.route.prefix in announced_prefixes and d.announce
-        since = self._since.get(d.source, {}).get(str(d.address))
+        since = self._since.get(d.source, {}).get(d.address)
         return {
             "address": str(d.address),
             "prefix": str(d.route.prefix) if d.route else None,

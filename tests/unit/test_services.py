@@ -848,3 +848,15 @@ def test_views_are_frozen_and_slotted() -> None:
         v.name = "other"  # type: ignore[misc]
     assert not hasattr(v, "__dict__")
     assert replace(v, name="b").name == "b"
+
+
+@pytest.mark.parametrize("text", ["10.200.0.7", "0.0.0.1", "255.255.255.254", "2001:db8::7", "::2"])
+def test_a_route_prefix_is_the_host_network_without_its_own_hosts_closure(text: str) -> None:
+    from bgpvip.core.services import _prefix
+
+    address = ipaddress.ip_address(text)
+    net = _prefix(address)
+    expected = ipaddress.ip_network(f"{text}/{address.max_prefixlen}")
+    assert net == expected and hash(net) == hash(expected) and str(net) == str(expected)
+    assert net.network_address == address and net.prefixlen == address.max_prefixlen
+    assert "hosts" not in vars(net)
