@@ -487,12 +487,12 @@ class RouteWatch:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM (kB) of `pid`; empty if it is gone."""
+    """VmRSS, VmHWM, RssAnon, RssFile, Threads of `pid` (kB, count); empty if it is gone."""
     out: dict[str, int] = {}
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
                 out[key] = int(value.split()[0])
     return out
 
@@ -981,6 +981,11 @@ class Bench:
             out[role] = {
                 "rss_mb": round(st.get("VmRSS", 0) / 1024, 1),
                 "hwm_mb": round(st.get("VmHWM", 0) / 1024, 1),
+                # what the RSS is made of: the process's own pages, and mapped files (the
+                # interpreter, libssl, pydantic-core, ...: shared with other processes using them)
+                "anon_mb": round(st.get("RssAnon", 0) / 1024, 1),
+                "file_mb": round(st.get("RssFile", 0) / 1024, 1),
+                "threads": st.get("Threads", 0),
             }
         return out
 
@@ -1447,6 +1452,12 @@ def render_text(report: dict[str, Any]) -> str:
                 f"  {when}: "
                 + ", ".join(f"{r} {v['rss_mb']:.1f} / {v['hwm_mb']:.1f}" for r, v in roles.items())
             )
+        speaker = mem.get("after_convergence", {}).get("speaker", {})
+        if "anon_mb" in speaker:
+            lines.append(
+                f"  speaker after convergence: {speaker['anon_mb']:.1f} own (anonymous) + "
+                f"{speaker['file_mb']:.1f} mapped files, {speaker['threads']} threads"
+            )
     idle = report.get("idle_cpu") or {}
     if idle:
         lines.append(
@@ -1586,6 +1597,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {when} | "
                 + " | ".join(f"{v['rss_mb']:.1f} / {v['hwm_mb']:.1f}" for v in roles.values())
                 + " |"
+            )
+        speaker = mem.get("after_convergence", {}).get("speaker", {})
+        if "anon_mb" in speaker:
+            out.append(
+                f"\nThe speaker's RSS after convergence is {speaker['anon_mb']:.1f} MB of its own (anonymous) "
+                f"pages and {speaker['file_mb']:.1f} MB of mapped files; {speaker['threads']} threads."
             )
     idle = report.get("idle_cpu") or {}
     if idle:
