@@ -427,7 +427,7 @@ def test_reasons_explain_themselves() -> None:
     state = kube((svc(external_traffic_policy="Local"),), (eps("web", ep("n2")),))
     (d,) = decide_services(make_config(), state, NODE)
     assert d.detail == (
-        "status.loadBalancer.ingress[0].ip 203.0.113.10: externalTrafficPolicy Local and no ready or"
+        "status.loadBalancer.ingress[0].ip: externalTrafficPolicy Local and no ready or"
         " serving endpoint on n1 (1 elsewhere)"
     )
     assert d.source == "service/default/web"
