@@ -262,6 +262,7 @@ def _role(pid: int) -> str:
     for needle, role in (
         ("namesrv", "health endpoint"),
         ("bgpvip speaker", "bgpvip speaker"),
+        ("bgpvip.speaker", "bgpvip speaker"),
         ("bgpvip run", "bgpvip run"),
         ("healthcheck", "exabgp healthcheck"),
         ("floor_api", "floor API process"),

@@ -1260,7 +1260,7 @@ def summarize_profile(path: Path, rate: int = PYSPY_RATE, top: int = 25) -> dict
             argv = m.group(1).split() if m else ["?"]
             role = (
                 "speaker"
-                if "speaker" in argv
+                if "speaker" in argv or "bgpvip.speaker" in argv
                 else "bgpvip run"
                 if "run" in argv
                 else ("exabgp" if any(a.endswith("exabgp") for a in argv) else " ".join(argv)[:40])

@@ -14,10 +14,13 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bgpvip.supervisor import speaker_command
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,6 +94,12 @@ class FakeExaBgpPipes:
 
 
 def speaker_argv(config: Path) -> list[str]:
+    """The command `bgpvip run` has ExaBGP start."""
+    return speaker_command(config)
+
+
+def cli_argv(config: Path) -> list[str]:
+    """`bgpvip speaker`, for people who run ExaBGP themselves."""
     return [sys.executable, "-m", "bgpvip", "speaker", "--config", str(config)]
 
 
@@ -102,10 +111,11 @@ def handshake_and_announce(exa: FakeExaBgpPipes) -> str:
     return line
 
 
-def test_announces_and_exits_0_on_eof(tmp_path: Path) -> None:
+@pytest.mark.parametrize("argv", [speaker_argv, cli_argv], ids=["bgpvip.speaker", "bgpvip-speaker-cli"])
+def test_announces_and_exits_0_on_eof(tmp_path: Path, argv: Callable[[Path], list[str]]) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(json.dumps(config_doc(tmp_path)))
-    exa = FakeExaBgpPipes(speaker_argv(cfg))
+    exa = FakeExaBgpPipes(argv(cfg))
     try:
         line = handshake_and_announce(exa)
         assert line.startswith("announce attributes next-hop self") and line.endswith(f"nlri {VIP}/32")

@@ -105,3 +105,15 @@ def test_a_package_that_is_not_installed_is_an_import_error() -> None:
     with pytest.raises(ImportError, match="not an installed package"):
         submodules("tabnanny", "tabnanny.x")  # a module, not a package
     assert "tabnanny" not in sys.modules
+
+
+def test_the_speaker_process_imports_no_cli() -> None:
+    """`bgpvip run` starts `python -m bgpvip.speaker`: the daemon and its entry must not bring
+    the CLI framework (click) or the CLI's status client back in."""
+    run(
+        """
+        import sys
+        import bgpvip.speaker, bgpvip.daemon
+        assert "click" not in sys.modules and "bgpvip.cli" not in sys.modules, sorted(sys.modules)
+        """
+    )
