@@ -1669,7 +1669,7 @@ def api_mode(args: argparse.Namespace) -> str:
         if args.kube_auth == "in-cluster"
         else "a kubeconfig"
     )
-    return f"{'HTTPS with a bearer token' if args.tls else 'plain HTTP'}, reached through {auth}"
+    return f"{'HTTPS with a bearer token' if args.tls else 'plain HTTP'}, credentials from {auth}"
 
 
 def _pause(text: str) -> tuple[float, float]:

@@ -44,7 +44,7 @@ def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> No
     (result_file,) = tmp_path.glob("services-*.json")
     report = json.loads(result_file.read_text())
     assert report["services"] == 200
-    assert report["api"].startswith("HTTPS with a bearer token, reached through the in-cluster loader")
+    assert report["api"].startswith("HTTPS with a bearer token, credentials from the in-cluster loader")
     (rnd,) = report["rounds"]
     assert rnd["raw"]["routes_confirmed"] == 200 and rnd["raw"]["seconds"] > 0
     assert rnd["bgpvip"]["routes_confirmed"] == 200 and rnd["bgpvip"]["seconds"] > 0
