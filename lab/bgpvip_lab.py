@@ -170,11 +170,10 @@ def start_health_server(
     return proc
 
 
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-"""Where kubelet mounts a pod's ServiceAccount token and CA, and the official client reads them."""
 _SECRETS_MOUNTPOINT = Path("/var/run/secrets")
 # Run in a private mount namespace: a tmpfs on /var/run/secrets holding a bind mount of the
-# lab's ServiceAccount files at the fixed path, as kubelet sets up a pod. $1: the files.
+# lab's ServiceAccount files at /var/run/secrets/kubernetes.io/serviceaccount, where kubelet
+# mounts them in a pod and the official client's in-cluster loader reads them. $1: the files.
 _MOUNT_SERVICE_ACCOUNT = (
     'mount -t tmpfs -o size=64k,mode=0755 bgpvip-lab "$0" && mkdir -p "$0/kubernetes.io/serviceaccount" && '
     'mount --bind "$1" "$0/kubernetes.io/serviceaccount" && shift && exec "$@"'
@@ -189,7 +188,9 @@ class InCluster:
     The speaker then uses the official client's in-cluster loader, as in production. The files
     are mounted in a private mount namespace of the speaker's process tree (`start_speaker`),
     never on the host; the host only needs the empty mountpoint /var/run/secrets, which
-    `in_cluster` creates when missing and removes again."""
+    `in_cluster` creates when missing and removes again. (Removing it detaches the mounts of
+    speakers still running in other mount namespaces: two labs that use this at the same time
+    must end in the order they started.)"""
 
     host: str
     port: int
