@@ -3,9 +3,10 @@ misuse fails the test at the point of the mistake instead of producing a wrong s
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
 
-from bgpvip.core.model import IPInterface, IPNetwork, Route
+from bgpvip.core.model import Decision, IPInterface, IPNetwork, Reason, Route, host_network
 
 
 class InvariantViolation(AssertionError):
@@ -95,3 +96,15 @@ class FakeNetlink:
 
     def owned(self) -> set[tuple[str, IPInterface]]:
         return set(self.addresses)
+
+
+def service_decision(ip: str, name: str, announce: bool = True) -> Decision:
+    """A Service decision as the decider makes it: `service/default/<name>` announces `ip` (or
+    has no ready endpoint)."""
+    return Decision(
+        address=ipaddress.ip_address(ip),
+        announce=announce,
+        reason=Reason.HAS_ENDPOINTS if announce else Reason.NO_READY_ENDPOINTS,
+        source=f"service/default/{name}",
+        route=Route(prefix=host_network(ip)),
+    )

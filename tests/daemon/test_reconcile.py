@@ -14,7 +14,7 @@ import pytest
 from bgpvip.core import health as healthmod
 from bgpvip.core.config import CheckKey, Config, load
 from bgpvip.core.desired import vip_route
-from bgpvip.core.model import Applied, Decision, ProbeResult, Reason, Route, host_network
+from bgpvip.core.model import Applied, ProbeResult, Reason, Route, host_network
 from bgpvip.reconcile import (
     ConfigChanged,
     DrainChanged,
@@ -27,7 +27,7 @@ from bgpvip.reconcile import (
     World,
     seed_health,
 )
-from tests.fakes import FakeExaBGP, FakeNetlink, InvariantViolation
+from tests.fakes import FakeExaBGP, FakeNetlink, InvariantViolation, service_decision
 
 pytestmark = [pytest.mark.timeout(10)]
 
@@ -325,16 +325,6 @@ async def test_resync_keeps_the_route_objects_it_already_had() -> None:
         assert all(r is held[r.key] for r in h.rec.applied.routes)
 
 
-def _service(ip: str, name: str, announce: bool = True) -> Decision:
-    return Decision(
-        address=ipaddress.ip_address(ip),
-        announce=announce,
-        reason=Reason.HAS_ENDPOINTS if announce else Reason.NO_READY_ENDPOINTS,
-        source=f"service/default/{name}",
-        route=Route(prefix=host_network(ip)),
-    )
-
-
 async def test_first_list_pages_announce_early_and_the_complete_table_takes_over() -> None:
     """Before the first complete list: routes ExaBGP had are held, pages only add; the
     complete table then decides alone (a held route nobody wants any more is withdrawn)."""
@@ -344,21 +334,23 @@ async def test_first_list_pages_announce_early_and_the_complete_table_takes_over
     h.rec.world = dataclasses.replace(h.rec.world, services=None)
     async with h:
         assert h.announced() == {"203.0.113.9"}
-        await h.send(ServicesChanged((_service("203.0.113.1", "a"),), partial=True))
+        await h.send(ServicesChanged((service_decision("203.0.113.1", "a"),), partial=True))
         assert h.announced() == {"203.0.113.9", "203.0.113.1"}
         await h.send(
-            ServicesChanged((_service("203.0.113.1", "a"), _service("203.0.113.2", "b")), partial=True)
+            ServicesChanged(
+                (service_decision("203.0.113.1", "a"), service_decision("203.0.113.2", "b")), partial=True
+            )
         )
         assert h.announced() == {"203.0.113.9", "203.0.113.1", "203.0.113.2"}
         complete = (
-            _service("203.0.113.1", "a"),
-            _service("203.0.113.2", "b"),
-            _service("203.0.113.9", "c", False),
+            service_decision("203.0.113.1", "a"),
+            service_decision("203.0.113.2", "b"),
+            service_decision("203.0.113.9", "c", False),
         )
         await h.send(ServicesChanged(complete))
         assert h.announced() == {"203.0.113.1", "203.0.113.2"}
         # pages that arrive late (they cannot, but a stale one must not count) change nothing
-        await h.send(ServicesChanged((_service("203.0.113.3", "d"),), partial=True))
+        await h.send(ServicesChanged((service_decision("203.0.113.3", "d"),), partial=True))
         assert h.announced() == {"203.0.113.1", "203.0.113.2"}
 
 

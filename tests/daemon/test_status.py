@@ -3,7 +3,6 @@ per-reason gauges computed when /metrics is scraped."""
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from typing import Any
 
@@ -12,10 +11,11 @@ from prometheus_client import generate_latest
 
 from bgpvip.core.config import load
 from bgpvip.core.desired import NodeState, compute
-from bgpvip.core.model import Applied, Decision, Reason, Route, host_network
+from bgpvip.core.model import Applied
 from bgpvip.core.services import ServiceDecisions
 from bgpvip.reconcile import World
 from bgpvip.status import StatusBoard
+from tests.fakes import service_decision
 
 CONFIG = load(
     {
@@ -23,16 +23,6 @@ CONFIG = load(
         "pools": [{"name": "p", "addresses": ["203.0.113.0/24"]}],
     }
 )
-
-
-def decision(ip: str, name: str, announce: bool = True) -> Decision:
-    return Decision(
-        address=ipaddress.ip_address(ip),
-        announce=announce,
-        reason=Reason.HAS_ENDPOINTS if announce else Reason.NO_READY_ENDPOINTS,
-        source=f"service/default/{name}",
-        route=Route(prefix=host_network(ip)),
-    )
 
 
 def since(board: StatusBoard) -> dict[str, Any]:
@@ -48,7 +38,11 @@ def test_since_moves_only_for_decisions_that_changed(monkeypatch: pytest.MonkeyP
     clock = [1000.0]
     monkeypatch.setattr(time, "time", lambda: clock[0])
     board = StatusBoard("n1")
-    a, b, c = decision("203.0.113.1", "a"), decision("203.0.113.2", "b"), decision("203.0.113.3", "c")
+    a, b, c = (
+        service_decision("203.0.113.1", "a"),
+        service_decision("203.0.113.2", "b"),
+        service_decision("203.0.113.3", "c"),
+    )
     first = ServiceDecisions.of((a, b, c))
     pass_(board, first)
     assert since(board) == dict.fromkeys(
@@ -58,7 +52,7 @@ def test_since_moves_only_for_decisions_that_changed(monkeypatch: pytest.MonkeyP
     clock[0] = 1010.0
     # b stops qualifying, c is deleted, a is the very same entry (shared with the first table)
     second = ServiceDecisions(
-        first.by_source.set("service/default/b", (decision("203.0.113.2", "b", False),)).delete(
+        first.by_source.set("service/default/b", (service_decision("203.0.113.2", "b", False),)).delete(
             "service/default/c"
         )
     )
@@ -76,12 +70,17 @@ def test_since_moves_only_for_decisions_that_changed(monkeypatch: pytest.MonkeyP
 
 def test_per_reason_gauges_are_computed_when_scraped() -> None:
     board = StatusBoard("n1")
-    pass_(board, ServiceDecisions.of((decision("203.0.113.1", "a"), decision("203.0.113.2", "b", False))))
+    pass_(
+        board,
+        ServiceDecisions.of(
+            (service_decision("203.0.113.1", "a"), service_decision("203.0.113.2", "b", False))
+        ),
+    )
     body = board.metrics()[2].decode()
     assert 'bgpvip_addresses{announced="true",kind="service",reason="hasEndpoints"} 1.0' in body
     assert 'bgpvip_addresses{announced="false",kind="service",reason="noReadyEndpoints"} 1.0' in body
     assert 'bgpvip_routes_announced{kind="service"} 1.0' in body
-    pass_(board, ServiceDecisions.of((decision("203.0.113.2", "b", False),)))
+    pass_(board, ServiceDecisions.of((service_decision("203.0.113.2", "b", False),)))
     body = generate_latest(board.registry).decode()  # not scraped through metrics(): last values
     assert 'reason="hasEndpoints"} 1.0' in body
     body = board.metrics()[2].decode()
