@@ -116,15 +116,61 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 RT_TABLE_MAIN = 254
 RTA_DST, RTA_TABLE = 1, 15
 
-# The raw anchor's API process: nothing but what ExaBGP needs. Written to the lab's state
-# directory and run with this Python; no imports beyond the standard library.
-RAW_API = r"""
+# What the two anchors' API processes share (standard library only): a log line per event
+# for raw_marks(), ExaBGP's acks counted by a thread that always reads stdin (acks and events
+# share it, and ExaBGP stalls when nobody reads), and running until ExaBGP goes away. The tag
+# of the log lines is the script's file name: raw_api.py logs "raw-api event=...".
+_API_COMMON = r"""
 import os, sys, threading, time
 
+TAG = os.path.basename(sys.argv[0]).removesuffix(".py").replace("_", "-")
+
 def log(msg):
-    sys.stderr.write(f"raw-api {msg} wall={time.time():.6f}\n")
+    sys.stderr.write(f"{TAG} {msg} wall={time.time():.6f}\n")
     sys.stderr.flush()
 
+class Acks:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.acks = self.errors = self.lines = 0
+        self.done = self.logged = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for raw in sys.stdin.buffer:
+            word = raw.strip()
+            if word in (b"done", b"error"):
+                with self.lock:
+                    self.acks += 1
+                    self.errors += word == b"error"
+                    self._check()
+        log("event=eof")
+        os._exit(0)
+
+    def wrote(self, lines, last):
+        # called before the lines are written, so no ack can come before its line is counted
+        with self.lock:
+            self.lines += lines
+            self.done = self.done or last
+            self._check()
+
+    def _check(self):
+        if self.done and self.acks == self.lines and not self.logged:
+            self.logged = True
+            log(f"event=acked lines={self.lines} errors={self.errors}")
+
+def until_parent_exits():
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(0)
+"""
+
+# The raw anchor's API process: nothing but what ExaBGP needs. Written to the lab's state
+# directory and run with this Python.
+RAW_API = (
+    _API_COMMON
+    + r"""
 def main():
     with open(sys.argv[1]) as f:
         prefixes = f.read().split()
@@ -133,33 +179,19 @@ def main():
         "announce attributes next-hop self nlri " + " ".join(prefixes[i : i + batch])
         for i in range(0, len(prefixes), batch)
     ]
-    state = {"acks": 0, "errors": 0}
-
-    def reader():  # acks and events share stdin and must always be read, or ExaBGP stalls
-        for raw in sys.stdin.buffer:
-            word = raw.strip()
-            if word in (b"done", b"error"):
-                state["acks"] += 1
-                state["errors"] += word == b"error"
-                if state["acks"] == len(lines):
-                    log(f"event=acked lines={len(lines)} errors={state['errors']}")
-        log("event=eof")
-        os._exit(0)
-
-    threading.Thread(target=reader, daemon=True).start()
+    acks = Acks()
     log(f"event=start prefixes={len(prefixes)}")
+    acks.wrote(len(lines), True)
     out = sys.stdout.buffer
     for line in lines:
         out.write(line.encode() + b"\n")
     out.flush()
     log(f"event=written lines={len(lines)}")
-    parent = os.getppid()
-    while os.getppid() == parent:
-        time.sleep(0.2)
-    os._exit(0)
+    until_parent_exits()
 
 main()
 """
+)
 
 # The floor anchor's API process: the least any Python speaker must do that reads the cluster.
 # Standard library only, no framework, no decisions beyond the rule itself: list Services and
@@ -168,12 +200,10 @@ main()
 # endpoint (on this node for externalTrafficPolicy Local), in the raw anchor's batch lines.
 # No Nodes, no watch, no Events, no status, no withdrawals: it measures what reading 10,000
 # Services costs in Python, not a speaker.
-LISTER_API = r"""
-import http.client, ipaddress, json, os, queue, ssl, sys, threading, time
-
-def log(msg):
-    sys.stderr.write(f"lister-api {msg} wall={time.time():.6f}\n")
-    sys.stderr.flush()
+LISTER_API = (
+    _API_COMMON
+    + r"""
+import http.client, ipaddress, json, queue, ssl
 
 def main():
     host, port, ca, token, pool, node, batch = sys.argv[1:8]
@@ -199,19 +229,7 @@ def main():
             if not cont:
                 return
 
-    state = {"acks": 0, "lines": 0, "done": False}
-    lock = threading.Lock()
-
-    def reader():  # acks and events share stdin and must always be read, or ExaBGP stalls
-        for raw in sys.stdin.buffer:
-            if raw.strip() in (b"done", b"error"):
-                with lock:
-                    state["acks"] += 1
-                    if state["done"] and state["acks"] == state["lines"]:
-                        log(f"event=acked lines={state['lines']}")
-        os._exit(0)
-
-    threading.Thread(target=reader, daemon=True).start()
+    acks = Acks()
     for path in ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices"):
         threading.Thread(target=lister, args=(path,), daemon=True).start()
     ips, local, ready, announced = {}, set(), {}, set()
@@ -222,6 +240,7 @@ def main():
             log("event=first-page")
             first = False
         left -= last
+        touched = []  # only the Services this page can complete
         if path.endswith("services"):
             for s in items:
                 spec, md = s.get("spec", {}), s["metadata"]
@@ -233,16 +252,18 @@ def main():
                         ips[key] = ing["ip"]
                 if spec.get("externalTrafficPolicy") == "Local":
                     local.add(key)
+                touched.append(key)
         else:
             for sl in items:
                 md = sl["metadata"]
-                svc = md.get("labels", {}).get("kubernetes.io/service-name")
+                key = (md["namespace"], md.get("labels", {}).get("kubernetes.io/service-name"))
                 for e in sl.get("endpoints") or []:
                     if e.get("conditions", {}).get("ready", True) is not False:
-                        ready.setdefault((md["namespace"], svc), set()).add(e.get("nodeName"))
+                        ready.setdefault(key, set()).add(e.get("nodeName"))
+                touched.append(key)
         keys = [
-            key for key in ips
-            if key not in announced and key in ready and (key not in local or node in ready[key])
+            key for key in dict.fromkeys(touched)
+            if key in ips and key not in announced and key in ready and (key not in local or node in ready[key])
         ]
         announced.update(keys)
         new = [ips[key] for key in keys]
@@ -250,22 +271,15 @@ def main():
             "announce attributes next-hop self nlri " + " ".join(f"{ip}/32" for ip in new[i : i + batch])
             for i in range(0, len(new), batch)
         ]
-        with lock:
-            state["lines"] += len(lines)
-            state["done"] = left == 0
+        acks.wrote(len(lines), left == 0)
         out.write("".join(line + "\n" for line in lines).encode())
         out.flush()
     log(f"event=listed announced={len(announced)}")
-    with lock:
-        if state["acks"] == state["lines"]:
-            log(f"event=acked lines={state['lines']}")
-    parent = os.getppid()
-    while os.getppid() == parent:
-        time.sleep(0.2)
-    os._exit(0)
+    until_parent_exits()
 
 main()
 """
+)
 
 
 class BenchError(RuntimeError):

@@ -48,6 +48,8 @@ def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> No
     (rnd,) = report["rounds"]
     assert rnd["raw"]["routes_confirmed"] == 200 and rnd["raw"]["seconds"] > 0
     assert rnd["bgpvip"]["routes_confirmed"] == 200 and rnd["bgpvip"]["seconds"] > 0
+    assert rnd["lister"]["routes_confirmed"] == 200 and "acked" in rnd["lister"]["marks"]
+    assert "acked" in rnd["raw"]["marks"]
     assert rnd["bgpvip_stop_seconds"] >= 0
     assert report["convergence"]["ratio"] > 0
     assert report["memory"]["after_convergence"]["speaker"]["rss_mb"] > 0
