@@ -176,7 +176,9 @@ def _attrs(a: dict[str, Any] | None) -> str:
     parts = []
     for key, label in (("med", "med"), ("local_preference", "lp"), ("as_path", "prepend")):
         if key in a:
-            value = len(a[key]) if key == "as_path" else a[key]
+            # the path holds the local AS once more than it is prepended: ExaBGP sends the
+            # `as-path` attribute as the whole path (see core.config.route_attributes)
+            value = len(a[key]) - 1 if key == "as_path" else a[key]
             parts.append(f"{label}={value}")
     if a.get("communities"):
         parts.append("comm=" + ",".join(a["communities"]))
