@@ -190,15 +190,29 @@ def _attrs(a: dict[str, Any] | None) -> str:
 def render_routes_table(status: dict[str, Any]) -> str:
     rows = [("PREFIX", "SOURCE", "ANNOUNCED", "REASON", "SINCE", "ATTRIBUTES", "DETAIL")]
     for d in status.get("decisions", []):
+        reason, detail = d.get("reason", ""), d.get("detail", "")
+        failure = d.get("failure")
+        if failure:
+            # the decision stands, but a step towards it failed: that is what the operator must see
+            reason = failure.get("reason", "failed")
+            detail = (
+                f"{failure.get('step')} failed {failure.get('attempts')}x for {failure.get('for_seconds')}s: "
+                f"{failure.get('error')}; wanted: {d.get('reason', '')}"
+            )
+        notes = []
+        if d.get("address_not_owned"):
+            notes.append(f"address on {d['address_not_owned']} is not bgpvip's (never removed by bgpvip)")
+        if d.get("address_held_seconds") is not None:
+            notes.append(f"address kept {d['address_held_seconds']}s more while routers converge")
         rows.append(
             (
                 d.get("prefix") or d.get("address", "?"),
                 d.get("source", ""),
                 "yes" if d.get("announced") else "no",
-                d.get("reason", ""),
+                reason,
                 _age(d.get("since")),
                 _attrs(d.get("attributes")),
-                d.get("detail", ""),
+                "; ".join([*notes, detail] if detail else notes),
             )
         )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]

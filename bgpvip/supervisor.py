@@ -192,7 +192,7 @@ class Supervisor:
         pid = _read_pid(pidfile)
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.config.shutdown_delay + 15.0
+            deadline = time.monotonic() + max(self.config.shutdown_delay, self.config.release_delay) + 15.0
             # The speaker removes its pid file as the last thing it does.
             while pidfile.exists() and _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)

@@ -552,6 +552,19 @@ class Config(_Model):
     shutdown_delay: float = Field(default=2.0, ge=0, le=600)
     """Seconds between withdrawing everything and removing addresses on SIGTERM: routers must
     converge before the host stops answering on the VIP. Default 2.0."""
+    release_delay: float = Field(default=1.0, ge=0, le=600)
+    """Seconds a VIP's address stays on its interface after its route was withdrawn (a failing
+    check, a drain that removes the VIP, a reload that removes it). Routers keep sending traffic
+    for the prefix until they have processed the withdrawal and changed their forwarding table;
+    while the address stays, that traffic is still answered here instead of being dropped (or,
+    with `net.ipv4.ip_forward=1` as kubeadm sets it, sent back to the router in a loop). The
+    same holds for a kube-apiserver that answers `/readyz` with 503 while it keeps serving
+    during `--shutdown-delay-duration`. Announcing the VIP again before the delay is over keeps
+    the address. When the check saw the server die (connection refused or reset) nothing could
+    answer on the address, and it goes at once, so local clients go through the router.
+    0 removes the address right after the withdrawal. Default 1.0: several times a router's
+    usual convergence, short next to any `--shutdown-delay-duration` worth setting. SIGTERM
+    waits `shutdown_delay` instead, or this if it is longer."""
     resync_interval: float = Field(default=30.0, gt=0, le=86400)
     """Seconds between full re-assertions of routes and addresses, in case something outside
     bgpvip changed them. Default 30: re-announcing an identical route sends nothing on the wire."""

@@ -108,6 +108,7 @@ FULL: dict[str, Any] = {
     "drain_file": "/etc/bgpvip/drain",
     "runtime_dir": "/run/bgpvip-test",
     "shutdown_delay": 5.0,
+    "release_delay": 0.5,
     "resync_interval": 60.0,
     "pools": [
         {
@@ -174,6 +175,7 @@ DEFAULTS = [
     ("drain_file", lambda c: c.drain_file, Path("/var/lib/bgpvip/drain")),
     ("runtime_dir", lambda c: c.runtime_dir, Path("/run/bgpvip")),
     ("shutdown_delay", lambda c: c.shutdown_delay, 2.0),
+    ("release_delay", lambda c: c.release_delay, 1.0),
     ("resync_interval", lambda c: c.resync_interval, 30.0),
     ("pools", lambda c: c.pools, ()),
     ("bgp.router_id", lambda c: c.bgp.router_id, None),
@@ -341,6 +343,7 @@ def test_full_config_loads_every_field() -> None:
     assert c.vips[1].interface is None
     assert (c.priority, c.priority_attribute, c.drain_file) == (100, "as-path", Path("/etc/bgpvip/drain"))
     assert (c.runtime_dir, c.shutdown_delay, c.resync_interval) == (Path("/run/bgpvip-test"), 5.0, 60.0)
+    assert c.release_delay == 0.5
     pool = c.pools[0]
     assert pool.ranges[1] == (IPv4Address("203.0.113.200"), IPv4Address("203.0.113.210"))
     assert pool.contains(IPv6Address("2001:db8:1::ff"))
@@ -537,6 +540,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("node-name-underscore", {"node_name": "node_1"}, "node_name", "DNS-1123"),
     ("node-name-trailing-dash", {"node_name": "node-"}, "node_name", "DNS-1123"),
     ("shutdown-delay-negative", {"shutdown_delay": -1}, "shutdown_delay", "must be >= 0"),
+    ("release-delay-negative", {"release_delay": -0.1}, "release_delay", "must be >= 0"),
     ("resync-zero", {"resync_interval": 0}, "resync_interval", "must be > 0"),
     ("vips-not-a-list", {"vips": {"address": "198.51.100.1"}}, "vips", "valid tuple"),
 ]
