@@ -320,15 +320,21 @@ class Reconciler:
         raise TypeError(f"unknown event {event!r}")
 
     def _carry_health(self, config: Config) -> dict[CheckKey, healthmod.Health]:
-        """Keep the health of checks whose definition did not change across a reload."""
-        old_checks = {
-            k: c for v in self.world.config.vips for k, c in zip(check_keys(v), v.checks, strict=True)
-        }
+        """The checks' health across a reload, so that a reload is hitless.
+
+        A check keeps the state of the check at the same position of the VIP of the same name,
+        whether or not its definition changed: an edited check goes on from where the old one
+        was (an UP check stays UP until the new definition fails `fall` times, a DOWN one must
+        rise), instead of starting over and withdrawing a healthy VIP until it rises. A check
+        with no predecessor (a new VIP, or a check added to a VIP) starts UP when its VIP's
+        route is announced, the same rule as a restarted speaker, and otherwise from the start."""
+        announced = {r.key for r in self.applied.routes}
         carried: dict[CheckKey, healthmod.Health] = {}
         for vip in config.vips:
-            for key, check in zip(check_keys(vip), vip.checks, strict=True):
-                if old_checks.get(key) == check and key in self.world.health:
-                    carried[key] = self.world.health[key]
+            up = (vip.address.version, int(vip.address)) in announced
+            for key in check_keys(vip):
+                old = self.world.health.get(key)
+                carried[key] = old if old is not None else healthmod.initial(assume_up=up, now=self._clock())
         return carried
 
     # ---- the loop

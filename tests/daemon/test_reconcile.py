@@ -629,3 +629,61 @@ async def test_routes_shows_failed_held_and_foreign_prefixes_with_their_reasons(
             x for x in render_routes_table(board.snapshot()).splitlines() if x.startswith(f"{VIP2}/32")
         )
         assert "address on lo is not bgpvip's" in line
+
+
+# ------------------------------------------------------------------ hitless reloads
+
+
+def vips_doc(api_checks: list[dict[str, Any]], web_checks: list[dict[str, Any]] | None = None) -> list[Any]:
+    return [
+        {"address": VIP, "name": "api", "checks": api_checks},
+        {
+            "address": VIP2,
+            "name": "web",
+            "checks": web_checks or [{"type": "tcp", "port": 80, "rise": 1, "fall": 1}],
+        },
+    ]
+
+
+async def test_an_edited_check_goes_on_from_the_state_of_the_one_it_replaces() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(API, ok()), ProbeDone(API, ok()), ProbeDone(WEB, ok()))
+        assert h.announced() == {VIP, VIP2}
+        edited = make_config(vips=vips_doc([{"type": "tcp", "port": 6444, "rise": 3, "fall": 2}]))
+        before = len(h.exa.log)
+        await h.send(ConfigChanged(edited))
+        assert h.announced() == {VIP, VIP2} and h.exa.log[before:] == [], "a reload is hitless"
+        assert h.rec.world.health[API].state == healthmod.State.UP
+        # the new definition decides from here: fall=2
+        await h.send(ProbeDone(API, fail()))
+        assert VIP in h.announced()
+        await h.send(ProbeDone(API, fail()))
+        assert VIP not in h.announced()
+
+
+async def test_an_edited_check_of_a_down_vip_must_still_rise() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(API, fail()))
+        edited = make_config(vips=vips_doc([{"type": "tcp", "port": 6444, "rise": 2, "fall": 2}]))
+        await h.send(ConfigChanged(edited))
+        assert h.rec.world.health[API].state == healthmod.State.DOWN
+        await h.send(ProbeDone(API, ok()))
+        assert VIP not in h.announced()
+        await h.send(ProbeDone(API, ok()))
+        assert VIP in h.announced()
+
+
+async def test_a_check_added_to_an_announced_vip_starts_up_like_after_a_restart() -> None:
+    async with Harness(make_config()) as h:
+        await h.send(ProbeDone(API, ok()), ProbeDone(API, ok()))
+        two = [{"type": "tcp", "port": 6443, "rise": 2, "fall": 2}, {"type": "tcp", "port": 2379, "fall": 1}]
+        before = len(h.exa.log)
+        await h.send(ConfigChanged(make_config(vips=vips_doc(two))))
+        assert h.exa.log[before:] == [] and VIP in h.announced()
+        assert h.rec.world.health[CheckKey("api", 1)].state == healthmod.State.UP
+        await h.send(ProbeDone(CheckKey("api", 1), fail()))
+        assert VIP not in h.announced(), "its own fall count then decides"
+        # a check added to a VIP that is not announced proves itself first
+        three = [*two, {"type": "tcp", "port": 2380}]
+        await h.send(ConfigChanged(make_config(vips=vips_doc(three))))
+        assert h.rec.world.health[CheckKey("api", 2)].state == healthmod.State.INIT
