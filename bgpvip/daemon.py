@@ -467,7 +467,9 @@ class Speaker:
         self.bridge = bridge
         if warming is not None:
             # the probes run meanwhile; their results wait in the queue for the first reconcile
+            began = time.monotonic()
             await self._until_gone(session, warming)
+            log.info(logs.kv("netlink-ready", seconds=round(time.monotonic() - began, 3)))
         main = asyncio.create_task(rec.run(), name="reconcile")
         try:
             done, _ = await asyncio.wait([main, *background], return_when=asyncio.FIRST_COMPLETED)

@@ -372,6 +372,28 @@ def test_killed_server_drops_the_address_with_the_withdraw(
         assert remove == withdraw + 1, lines[withdraw : remove + 1]
 
 
+def test_the_first_announcement_does_not_wait_for_netlink(
+    routed: nslab.Lab, speakers: Callable[..., list[Speaker]]
+) -> None:
+    """Start-up work at start-up: netlink is ready before the loop's first reconcile, so the
+    first `address-add` follows the first `check ... state=up` as closely as later ones do."""
+    started = speakers()
+    all_up(routed)
+    gaps = []
+    for speaker in started:
+        lines = speaker.log_text().splitlines()
+        ready = next(i for i, x in enumerate(lines) if "event=netlink-ready" in x)
+        up = next(i for i, x in enumerate(lines) if "event=check" in x and "state=up" in x)
+        add = next(i for i, x in enumerate(lines) if "event=address-add" in x)
+        assert ready < up < add, lines[ready : add + 1]
+        stamp = [
+            time.mktime(time.strptime(lines[i][:19], "%Y-%m-%dT%H:%M:%S")) + float(lines[i][19:23])
+            for i in (up, add)
+        ]
+        gaps.append(round(stamp[1] - stamp[0], 3))
+    print(f"\nfirst check up -> address-add: {gaps} s")
+
+
 # ---------------------------------------------------------------------------- reloads
 
 
