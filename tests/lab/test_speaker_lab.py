@@ -100,7 +100,10 @@ def test_ecmp_and_failover_moves_client_traffic(lab: nslab.Lab, run_speaker: Cal
     failing.set_healthy(False)
     rest = {lab.node_ip(n) for n in NODES if n != serving}
     wait_until(lambda: gateways(lab) == rest, what=f"{serving} removed from r1's ECMP route")
-    assert VIP not in lo_addresses(lab, serving), "the address goes after the withdrawal"
+    # the server still answers (503 on /healthz only): the address stays release_delay (1 s)
+    # after the withdraw, while routers converge, then goes
+    assert VIP in lo_addresses(lab, serving), "the address stays while routers converge"
+    wait_until(lambda: VIP not in lo_addresses(lab, serving), timeout=5, what="the address released")
     decision = failing.status()["decisions"][0]
     assert (decision["announced"], decision["reason"]) == (False, "checkFailing")
     assert "HTTP 503" in decision["detail"]
