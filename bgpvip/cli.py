@@ -246,6 +246,10 @@ def routes(config_path: Path, output: str, status_url: str | None) -> None:
 
     Reasons: healthy, checkFailing (with the last error), checkPending, drained, stopping,
     and for Services notInPool, noLocalEndpoints, noReadyEndpoints, nodeNotReady, ...
+    A prefix whose step failed shows addressFailed, addressRemoveFailed, announceFailed or
+    withdrawFailed instead, with the error and what was wanted; it is retried on its own.
+    DETAIL also says when an address is kept while routers converge after a withdrawal, and
+    when a VIP's address is on its interface but not bgpvip's (never removed by bgpvip).
     """
     status = _fetch_status(_status_url(config_path, status_url))
     if output == "json":
