@@ -160,7 +160,7 @@ def test_bad_config_waits_instead_of_crash_looping_then_starts_when_fixed(tmp_pa
         assert exa.proc.stdin is not None
         exa.proc.stdin.close()
         assert exa.proc.wait(timeout=10) == 0
-        assert "vips[0].checks[0].interval: must be > 0" in exa.stderr()
+        assert "vips[0].checks[0].interval: must be >= 0.005" in exa.stderr()
     finally:
         exa.close()
 

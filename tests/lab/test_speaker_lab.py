@@ -245,11 +245,11 @@ def test_bad_config_is_refused_before_exabgp_starts(lab: nslab.Lab) -> None:
         "n3", [sys.executable, "-m", "bgpvip", "run", "--config", str(bad)], check=False, timeout=30
     )
     assert run.returncode == 2
-    assert "vips[0].checks[0].interval: must be > 0" in run.stderr
+    assert "vips[0].checks[0].interval: must be >= 0.005" in run.stderr
     assert "exabgp-start" not in run.stderr
     check = lab.exec("n3", [sys.executable, "-m", "bgpvip", "check-config", str(bad)], check=False)
     assert check.returncode == 1
-    assert "vips[0].checks[0].interval: must be > 0" in check.stderr
+    assert "vips[0].checks[0].interval: must be >= 0.005" in check.stderr
 
 
 def test_hanging_check_is_cut_off_at_its_timeout(lab: nslab.Lab, run_speaker: Callable[..., Speaker]) -> None:
