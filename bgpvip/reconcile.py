@@ -284,9 +284,11 @@ class Reconciler:
                 health = dict(w.health)
                 health[key] = new
                 self.world = replace(w, health=health)
+                # Not only state changes: a DOWN check whose error changes (the CA appeared,
+                # the server now answers 403) must not leave the old error in the decision, and
                 # a down check whose server now refuses (or answers again) changes whether its
-                # address is kept after the withdrawal (`desired.server_gone`)
-                return new.up != old.up or new.state != old.state or _gone(new) != _gone(old)
+                # address is kept after the withdrawal (`desired.server_gone`).
+                return healthmod.described(new) != healthmod.described(old) or _gone(new) != _gone(old)
             case PeerChanged(peer, state, reason):
                 peers = dict(w.peers)
                 peers[peer] = PeerStatus(state=state, since=self._clock(), reason=reason)

@@ -152,6 +152,9 @@ class StatusBoard:
         self.failures: Mapping[tuple[int, int], UnitFailure] = {}
         self.held: Mapping[tuple[str, IPInterface], float] = {}
         """Held addresses and when (monotonic) they are released."""
+        self._fresher: dict[CheckKey, healthmod.Health] = {}
+        """Check health from probe results that came after the last pass (a result that changes
+        no decision triggers no pass), so the per-check view shows the latest one."""
 
     # ---- Observer
 
@@ -161,6 +164,7 @@ class StatusBoard:
         `refresh_counts`, which the /metrics handler calls."""
         previous = self.desired
         self.world, self.desired, self.applied = world, desired, applied
+        self._fresher.clear()  # the world holds every result folded in so far
         self.last_reconcile_monotonic = time.monotonic()
         self.m_reconciles.inc()
         self.m_reconcile_seconds.observe(seconds)
@@ -269,6 +273,7 @@ class StatusBoard:
         )[:10]
 
     def probe(self, key: CheckKey, result: ProbeResult, health: healthmod.Health) -> None:
+        self._fresher[key] = health
         vip, check = key.vip, str(key.index)
         self.m_check_results.labels(vip, check, "ok" if result.ok else "fail").inc()
         self.m_check_duration.labels(vip, check).observe(result.duration)
@@ -303,7 +308,7 @@ class StatusBoard:
                 )
             for vip in w.config.vips:
                 for key, check in zip(check_keys(vip), vip.checks, strict=True):
-                    h = w.health.get(key, healthmod.initial())
+                    h = self._fresher.get(key) or w.health.get(key, healthmod.initial())
                     checks.append(
                         {
                             "vip": vip.label,
