@@ -1027,3 +1027,23 @@ def test_quote(value: object, expected: str) -> None:
 def test_clip_keeps_short_text() -> None:
     assert clip("abc", 3) == "abc"
     assert clip("abcd", 3) == "abc… (4 characters)"
+
+
+def _upper_bound(model: type[BaseModel], name: str) -> float | None:
+    info = model.model_fields[name]
+    metadata = list(info.metadata)
+    for t in typing.get_args(info.annotation):  # tuple[Annotated[int, Field(le=...)], ...]
+        metadata += [m for a in typing.get_args(t)[1:] for m in getattr(a, "metadata", [a])]
+    bounds = [getattr(m, a) for m in metadata for a in ("le", "lt") if getattr(m, a, None) is not None]
+    return min(bounds) if bounds else None
+
+
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [(m, n) for m in MODEL_PLACES for n, _ in _numeric_fields(m)],
+    ids=[f"{m.__name__}.{n}" for m in MODEL_PLACES for n, _ in _numeric_fields(m)],
+)
+def test_every_number_has_an_upper_bound(model: type[BaseModel], name: str) -> None:
+    """No number reaches ExaBGP, a timer or the kernel unbounded (overflow, or a timeout of
+    years that is clearly a mistake)."""
+    assert _upper_bound(model, name) is not None
