@@ -906,6 +906,7 @@ def test_numeric_fields_are_found() -> None:
 TIMERS_ALLOWED_ZERO = {
     ("Config", "shutdown_delay"): "0 withdraws and removes the addresses at once, a valid choice",
     ("PeerConfig", "hold_time"): "0 disables keepalives (RFC 4271); 1 and 2 are refused",
+    ("Config", "release_delay"): "0 removes a withdrawn VIP's address at once, a valid choice",
 }
 
 
