@@ -1,9 +1,9 @@
 """The LoadBalancer IP allocation controller (`bgpvip controller`): composition root and loop.
 
-I/O side. One asyncio loop owns all state and is the only writer of Service statuses. Threads
-feed it small values: the leader elector (`_Leading`), the Service watcher (its `KubeEvent`s,
-tagged with the leadership term so that a stopped watcher's late events are dropped) and the
-status writers, whose results the loop awaits. Every decision is the pure core's:
+I/O side. One asyncio loop owns all state and is the only writer of Service statuses. Tasks on
+the same loop feed it small values: the leader elector (`_Leading`) and the Service watcher (its
+`KubeEvent`s, tagged with the leadership term so that a stopped watcher's late events are
+dropped); status writes are requests the loop awaits. Every decision is the pure core's:
 `bgpvip.core.alloc.allocate` over every Service, statuses included, after each batch of events
 and on a resync timer (level-triggered).
 
@@ -23,13 +23,11 @@ Policies:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +37,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from bgpvip import logs
 from bgpvip.adapters.kube import (
     AllocationWatcher,
-    ApiClient,
-    ApiException,
+    ApiError,
+    Credentials,
     EventRecorder,
+    KubeClient,
+    KubeError,
     LeaderElector,
     ObjectRef,
-    make_api_client,
+    describe,
     patch_service_status,
 )
 from bgpvip.configfile import file_stamp, load_file
@@ -90,7 +90,7 @@ class ControllerOptions:
     """Seconds between full re-allocations without any event. Everything is level-triggered; this
     only catches what a lost event would otherwise leave undone."""
     write_workers: int = 4
-    """Status writes in flight at once; 4 writes 10,000 fresh Services in seconds without being
+    """Status writes in flight at once: enough to write many fresh Services quickly without being
     a burden on the apiserver."""
     write_timeout: float = 10.0
     retry_initial: float = 0.5
@@ -230,21 +230,23 @@ class Controller:
     def __init__(
         self,
         config: Config,
-        api: ApiClient,
+        client: KubeClient,
         options: ControllerOptions,
         *,
         config_path: Path | None = None,
         recorder: EventRecorder | None = None,
     ) -> None:
         self.config = config
-        self.api = api
+        self.client = client
         self.options = options
         self.config_path = config_path
-        self.recorder = recorder or EventRecorder(api, component="bgpvip-controller", host=options.identity)
+        self.recorder = recorder or EventRecorder(
+            client, component="bgpvip-controller", host=options.identity
+        )
         self.metrics = ControllerMetrics()
         self.stats = ControllerStats()
         self.elector = LeaderElector(
-            api,
+            client,
             namespace=options.namespace,
             name=options.lease_name,
             identity=options.identity,
@@ -262,8 +264,9 @@ class Controller:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._leading = False
         self._term = 0
-        self._watcher: AllocationWatcher | None = None
-        self._stopping: list[asyncio.Future[None]] = []
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping: list[asyncio.Task[None]] = []
+        self._writers = asyncio.Semaphore(options.write_workers)
         self._services: dict[Key, AllocService] = {}
         self._synced = False
         self._dirty = False
@@ -274,9 +277,6 @@ class Controller:
         self._failures: dict[Key, int] = {}
         self._retry_at: dict[Key, float] = {}
         self._explained: dict[Key, tuple[str, AllocReason, str]] = {}
-        self._executor = ThreadPoolExecutor(
-            max_workers=options.write_workers, thread_name_prefix="status-write"
-        )
         self._resync_at = 0.0
         self._config_at = 0.0
         self._config_stamp = file_stamp(config_path)
@@ -291,7 +291,7 @@ class Controller:
         return self._leading
 
     def stop(self, *, release: bool = True) -> None:
-        """Stop `run()`; thread-safe. `release=False` leaves the Lease to expire, as a crash would."""
+        """Stop `run()`. `release=False` leaves the Lease to expire, as a crash would."""
         self._post(_Stop(release))
 
     async def run(self) -> None:
@@ -325,22 +325,16 @@ class Controller:
         finally:
             await server.close()
             await self._end_term()
-            await asyncio.to_thread(self.elector.stop, release=release)
+            await self.elector.stop(release=release)
             self.metrics.follower()
             await asyncio.gather(*self._stopping, return_exceptions=True)
-            await asyncio.to_thread(self.recorder.stop)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            await self.recorder.stop()
             log.info(logs.kv("controller-stopped", identity=self.options.identity, released=release))
 
     # ----------------------------------------------------------------- the loop
 
     def _post(self, item: object) -> None:
-        """From any thread."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed in between
-            loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        self._queue.put_nowait(item)
 
     async def _main(self) -> bool:
         assert self._loop is not None
@@ -404,13 +398,13 @@ class Controller:
         self._own_writes.clear()
         self.metrics.leader.set(1)
         term = self._term
-        self._watcher = AllocationWatcher(
-            self.api,
+        watcher = AllocationWatcher(
+            self.client,
             emit=lambda e: self._post(_Watched(term, e)),
             watch_timeout=self.config.kubernetes.watch_timeout,
             **self.options.watcher,
         )
-        self._watcher.start()
+        self._watcher = asyncio.create_task(watcher.run(), name=f"allocation-watch-{term}")
         log.info(logs.kv("leading", identity=self.options.identity, term=term))
 
     async def _end_term(self) -> None:
@@ -424,9 +418,9 @@ class Controller:
         self.metrics.follower()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
-            assert self._loop is not None
-            self._stopping = [f for f in self._stopping if not f.done()]
-            self._stopping.append(self._loop.run_in_executor(None, watcher.stop))
+            watcher.cancel()
+            self._stopping = [t for t in self._stopping if not t.done()]
+            self._stopping.append(watcher)
         if was:
             log.info(logs.kv("following", identity=self.options.identity, holder=self.elector.holder or None))
 
@@ -623,12 +617,13 @@ class Controller:
             )
 
     async def _write(self, w: _Write) -> AllocService | None:
-        """One status write in the executor; the written Service, or None."""
+        """One status write (at most `write_workers` at once); the written Service, or None."""
         assert self._loop is not None
         svc, term = w.svc, self._term
         try:
-            written = await self._loop.run_in_executor(self._executor, self._patch, w)
-        except ApiException as e:
+            async with self._writers:
+                written = await self._patch(w)
+        except ApiError as e:
             if e.status == 409:
                 # The Service changed since the decision: its watch event brings a new one. The
                 # retry only matters if that event is lost.
@@ -640,13 +635,15 @@ class Controller:
             if e.status == 404:
                 self.metrics.writes.labels("gone").inc()
                 return None
-            self._write_failed(w, f"HTTP {e.status} {e.reason}")
+            self._write_failed(w, describe(e))
             return None
         except _NotLeader:
             self.metrics.writes.labels("notLeader").inc()
             return None
         except Exception as e:
-            self._write_failed(w, f"{type(e).__name__}: {e}"[:300])
+            self._write_failed(w, describe(e))
+            if not isinstance(e, KubeError):
+                log.exception(logs.kv("write-crashed", service=f"{svc.namespace}/{svc.name}"))
             return None
         self.stats.writes += 1
         self.metrics.writes.labels("ok").inc()
@@ -658,17 +655,17 @@ class Controller:
         self._announce(w, written)
         return written
 
-    def _patch(self, w: _Write) -> AllocService:
-        """In a worker thread: fenced by the Lease, then the merge patch."""
+    async def _patch(self, w: _Write) -> AllocService:
+        """Fenced by the Lease, then the merge patch."""
         if not self.elector.is_leader:
             raise _NotLeader
-        return patch_service_status(
-            self.api,
+        return await patch_service_status(
+            self.client,
             w.svc.namespace,
             w.svc.name,
             w.target,
             resource_version=w.svc.resource_version,
-            timeout=self.options.write_timeout,
+            time_limit=self.options.write_timeout,
         )
 
     def _write_failed(self, w: _Write, error: str) -> None:
@@ -753,10 +750,10 @@ class Controller:
         }
 
     def healthy(self) -> tuple[bool, str]:
-        """Alive as long as this loop answers and the elector thread runs; the API being away is
+        """Alive as long as this loop answers and the elector task runs; the API being away is
         not a reason to be restarted (fail static), so it is not checked here."""
         if not self.elector.alive:
-            return False, "leader election thread is not running"
+            return False, "leader election is not running"
         return True, f"ok {'leader' if self._leading else 'follower'}"
 
 
@@ -790,24 +787,23 @@ def controller_main(config_path: Path, options: ControllerOptions, *, echo: Call
         for path, msg in e.problems:
             echo(f"  {path}: {msg}" if path else f"  {msg}")
         return 2
-    try:
-        api = make_api_client(config.kubernetes)
-    except Exception as e:
-        echo(
-            f"cannot build a Kubernetes client ({type(e).__name__}: {e}); "
-            "outside a cluster, set kubernetes.kubeconfig"
-        )
-        return 2
-    controller = Controller(config, api, options, config_path=config_path)
+    credentials = Credentials.for_config(config.kubernetes)
 
-    async def main() -> None:
+    async def main() -> int:
+        try:
+            await credentials.get()
+        except KubeError as e:
+            echo(f"cannot reach the Kubernetes API: {e}; outside a cluster, set kubernetes.kubeconfig")
+            return 2
+        client = KubeClient(credentials)
+        controller = Controller(config, client, options, config_path=config_path)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, controller.stop)
-        await controller.run()
+        try:
+            await controller.run()
+        finally:
+            await client.aclose()
+        return 0
 
-    try:
-        asyncio.run(main())
-    finally:
-        api.close()  # type: ignore[no-untyped-call]
-    return 0
+    return asyncio.run(main())

@@ -159,34 +159,48 @@ class KubeBridge:
         self.state = svc.KubeState()
         self.table: svc.ServiceDecisions | None = None
         self._watch_settings: tuple[object, ...] = ()
-        self._watcher: kube.KubeWatcher | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._client: kube.KubeClient | None = None
+        self._client_for: object = None
         self._recorder: kube.EventRecorder | None = None
+        self.credentials: kube.Credentials | None = None
+        """How the API is reached; a test may set it before `run()` (else: from the config)."""
 
     def config_changed(self) -> None:
         self._queue.put_nowait(None)
 
-    def _start_watcher(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    async def _start_watcher(self, config: Config) -> None:
+        """(Re)start the watch. A connection that cannot be resolved (no kubeconfig, no in-cluster
+        environment) is an API outage like any other: the watcher reports `KubeUnavailable` and
+        retries, the VIPs go on, the Service routes stay as they are."""
         if self._watcher is not None:
-            self._watcher.stop()
-        api = kube.make_api_client(config.kubernetes)
-        if self._recorder is None:
-            self._recorder = kube.EventRecorder(api, component="bgpvip-speaker", host=self._node)
+            self._watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watcher
+        if self._client is None or self._client_for != config.kubernetes:
+            if self._client is not None:
+                await self._client.aclose()
+            credentials = self.credentials or kube.Credentials.for_config(config.kubernetes)
+            self._client, self._client_for = kube.KubeClient(credentials), config.kubernetes
+            if self._recorder is not None:
+                await self._recorder.stop(within=2)
+            self._recorder = kube.EventRecorder(self._client, component="bgpvip-speaker", host=self._node)
             self._recorder.start()
-
-        def emit(event: svc.KubeEvent) -> None:  # called from the watcher's threads
-            loop.call_soon_threadsafe(self._queue.put_nowait, event)
-
-        self._watcher = kube.KubeWatcher.for_config(
-            api, config, node_name=self._node, emit=emit, list_pages=self._early is not None
+        watcher = kube.KubeWatcher.for_config(
+            self._client,
+            config,
+            node_name=self._node,
+            emit=self._queue.put_nowait,
+            list_pages=self._early is not None,
         )
-        self._watcher.start()
+        self._watcher = asyncio.create_task(watcher.run(), name="kube-watch")
         self._watch_settings = (config.kubernetes, svc.pool_label_keys(config))
         log.info(logs.kv("kube-watch", node=self._node))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self._start_watcher(self._rec.world.config, loop)
+            await self._start_watcher(self._rec.world.config)
             posted_version = -1
             posted_config: Config | None = None
             while True:
@@ -198,7 +212,7 @@ class KubeBridge:
                         self.state = self.state.apply(item)
                 config = self._rec.world.config
                 if (config.kubernetes, svc.pool_label_keys(config)) != self._watch_settings:
-                    self._start_watcher(config, loop)  # relists with the new label keys
+                    await self._start_watcher(config)  # relists with the new label keys
                     continue
                 if not self.state.ready:
                     await self._announce_early(config)
@@ -222,9 +236,13 @@ class KubeBridge:
                 self._record_changes(previous, table, state)
         finally:
             if self._watcher is not None:
-                self._watcher.stop()
+                self._watcher.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._watcher
             if self._recorder is not None:
-                self._recorder.stop(timeout=2)
+                await self._recorder.stop(within=2)
+            if self._client is not None:
+                await self._client.aclose()
             self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def _announce_early(self, config: Config) -> None:

@@ -1,28 +1,22 @@
 """Import a few modules of a big package without running the package's `__init__`.
 
-A helper for the adapters (outside them, so that they stay independent of each other). The
-speaker's memory budget is 80 MB with 10,000 Services, and two of its libraries import far more
-than it uses:
-
-- `import pyroute2` imports every netlink family it supports (NDB, IPDB, nftables, WireGuard,
-  nl80211, ...): 14 MB of resident memory and 70 ms, where the address adapter needs `IPRoute`
-  and three constants (about 9 MB).
-- `import kubernetes.client` imports all 847 generated models and every `*Api` class (12 MB),
-  where the Kubernetes adapter needs `ApiClient`, `Configuration` and `ApiException` (7 MB).
-  `kubernetes.client.api_client` itself imports `kubernetes.client.models` only to deserialize
-  responses into model objects, which bgpvip never asks for (it reads the raw JSON).
+A helper for the netlink adapter (outside it, so that the adapters stay independent of each
+other). The speaker's memory budget is 80 MB with 10,000 Services, and `import pyroute2` imports
+every netlink family it supports (NDB, IPDB, nftables, WireGuard, nl80211, ...): 14 MB of
+resident memory and 70 ms, where the address adapter needs `IPRoute` and three constants (about
+9 MB). (The Kubernetes adapter needs no such thing: it does not import the official client.)
 
 How: while the wanted submodules are imported, a bare module object stands in for each listed
 package (with the package's real `__path__`, so submodules are found as usual). The stand-ins
 are removed again afterwards, so a later plain `import pyroute2` anywhere in the process runs
 the real `__init__`, which finds the submodules already loaded: nothing is imported twice and
 nothing sees a stand-in except the modules imported through it. A stand-in can `export` names
-that its package's `__init__` would have bound (`from kubernetes.client import ApiClient`);
+that its package's `__init__` would have bound;
 any other name read from a stand-in raises an AttributeError that says why, so a use of
 something that was left out fails loudly instead of silently. If the top package is already
 imported, this is a plain import. One difference remains after a later real import: the
-package does not get the submodules loaded through the stand-in as attributes
-(`kubernetes.client.exceptions`); `from kubernetes.client.exceptions import ...` works as usual.
+package does not get the submodules loaded through the stand-in as attributes; `from
+package.submodule import ...` works as usual.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import bisect
 import copy
+import ipaddress
 import json
 import logging
 import re
@@ -51,6 +52,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from kubernetes import client
+
+from bgpvip.adapters.kube.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +192,8 @@ class Recorded:
     body: Any = None
     status: int = 0
     unknown_params: tuple[str, ...] = ()
+    rbac: tuple[str, str, str] | None = None
+    """(API group, resource[/subresource], verb) as RBAC sees the request; None if not routed."""
 
     @property
     def watch(self) -> bool:
@@ -287,21 +292,39 @@ def parse_label_selector(text: str) -> Callable[[Obj], bool]:
     return match
 
 
-def parse_field_selector(text: str) -> Callable[[Obj], bool]:
-    """Only the fields every resource supports: metadata.name and metadata.namespace."""
+_FIELDS: dict[str, Callable[[Obj], str]] = {
+    "metadata.name": lambda o: (o.get("metadata") or {}).get("name", ""),
+    "metadata.namespace": lambda o: (o.get("metadata") or {}).get("namespace", ""),
+}
+# The extra field labels kube-apiserver supports for core/v1 Events (pkg/apis/core/v1/conversion.go).
+_EVENT_FIELDS: dict[str, Callable[[Obj], str]] = {
+    "source": lambda o: (o.get("source") or {}).get("component", ""),
+    "reason": lambda o: o.get("reason", ""),
+    "type": lambda o: o.get("type", ""),
+    "reportingComponent": lambda o: o.get("reportingComponent", ""),
+    **{
+        f"involvedObject.{f}": (lambda o, f=f: str((o.get("involvedObject") or {}).get(f, "")))
+        for f in ("kind", "namespace", "name", "uid", "apiVersion")
+    },
+}
+
+
+def parse_field_selector(text: str, plural: str = "") -> Callable[[Obj], bool]:
+    """metadata.name and metadata.namespace (every resource), and Events' own field labels."""
+    fields = {**_FIELDS, **(_EVENT_FIELDS if plural == "events" else {})}
     checks: list[Callable[[Obj], bool]] = []
     for req in _split_requirements(text):
         m = re.match(r"^([\w.]+)\s*(==|=|!=)\s*(.*)$", req)
         if not m:
             raise ApiError(400, "BadRequest", f"invalid field selector: {req!r}", misuse=True)
         fld, op, value = m[1], m[2], m[3]
-        if fld not in ("metadata.name", "metadata.namespace"):
+        if fld not in fields:
             raise ApiError(400, "BadRequest", f'field label not supported: "{fld}"', misuse=True)
-        attr = fld.split(".", 1)[1]
+        get = fields[fld]
         if op == "!=":
-            checks.append(lambda o, a=attr, v=value: (o.get("metadata") or {}).get(a, "") != v)
+            checks.append(lambda o, g=get, v=value: g(o) != v)
         else:
-            checks.append(lambda o, a=attr, v=value: (o.get("metadata") or {}).get(a, "") == v)
+            checks.append(lambda o, g=get, v=value: g(o) == v)
     return lambda obj: all(c(obj) for c in checks)
 
 
@@ -375,6 +398,60 @@ def _merge_list(old: list[Any], patch: list[Any], key: str, path: tuple[str, ...
 # --------------------------------------------------------------------------- server
 
 
+def _drop_type_dependent_fields(new: Obj, old: Obj) -> None:
+    """What kube-apiserver's Service strategy does on every update: a Service that is not (or is
+    no longer) a LoadBalancer has its `status.loadBalancer` cleared, and one that leaves
+    `type: LoadBalancer` loses the `spec.loadBalancerClass` it did not change itself (the field
+    is only valid on LoadBalancers)."""
+    spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
+    if spec.get("type") == "LoadBalancer":
+        return
+    if isinstance(new.get("status"), dict) and new["status"].get("loadBalancer"):
+        new["status"] = {**new["status"], "loadBalancer": {}}
+    if (
+        old_spec.get("type") == "LoadBalancer"
+        and "loadBalancerClass" in spec
+        and spec.get("loadBalancerClass") == old_spec.get("loadBalancerClass")
+    ):
+        del spec["loadBalancerClass"]
+
+
+_ADDRESS_TYPES = {"IPv4": 4, "IPv6": 6, "FQDN": 0}
+
+
+def _validate(res: ResourceType, obj: Obj) -> None:
+    """The validation of a real apiserver for what tests are likely to get wrong: an EndpointSlice
+    needs an `addressType`, and its addresses must be of that type. Refused with 422, loudly."""
+    if res.plural != "endpointslices":
+        return
+    name = (obj.get("metadata") or {}).get("name", "")
+    kind = obj.get("addressType")
+    if kind not in _ADDRESS_TYPES:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'EndpointSlice.discovery.k8s.io "{name}" is invalid: addressType: Unsupported value:'
+            f' {kind!r}: supported values: "FQDN", "IPv4", "IPv6"',
+            misuse=True,
+        )
+    endpoints = obj.get("endpoints")
+    for i, e in enumerate(endpoints if isinstance(endpoints, list) else []):
+        addresses = e.get("addresses") if isinstance(e, dict) else None
+        for j, address in enumerate(addresses if isinstance(addresses, list) else []):
+            try:
+                version = ipaddress.ip_address(address).version
+            except ValueError:
+                version = 0
+            if _ADDRESS_TYPES[kind] and version != _ADDRESS_TYPES[kind]:
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'EndpointSlice.discovery.k8s.io "{name}" is invalid: endpoints[{i}].addresses[{j}]:'
+                    f" Invalid value: {address!r}: must be a valid {kind} address",
+                    misuse=True,
+                )
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -443,12 +520,21 @@ class FakeKubeAPI:
         start_rv: int = 1000,
         tls_dir: Path | None = None,
         token: str | None = None,
+        authz_warmup: float = 0.0,
+        user: str = "system:serviceaccount:bgpvip-system:bgpvip",
     ) -> None:
         self.tls_dir = tls_dir
         """Serve HTTPS with `server.crt`/`server.key` from this directory (its `ca.crt` signed
         them: tests/pki.py's `serving_certificate`); None: plain HTTP."""
         self.token = token
         """Bearer token every request must carry; None: no authentication."""
+        self.authz_warmup = authz_warmup
+        """Seconds after each start (and `restore()`) during which every request is refused with
+        403, as a real kube-apiserver refuses ServiceAccount requests for about a second after it
+        starts, while its RBAC authorizer has not loaded the roles yet."""
+        self.user = user
+        """The user named in 403 messages."""
+        self._warm_at = 0.0
         self._tls: ssl.SSLContext | None = None
         if tls_dir is not None:
             self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -487,6 +573,11 @@ class FakeKubeAPI:
     def url(self) -> str:
         return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
 
+    def connection(self) -> Connection:
+        """bgpvip's connection settings for this server: its URL, CA and token."""
+        ca = (self.tls_dir / "ca.crt").read_text() if self.tls_dir is not None else None
+        return Connection(server=self.url, source="fake apiserver", ca=ca, token=self.token)
+
     def configuration(self) -> client.Configuration:
         """A client configuration for this server: its URL, CA and token."""
         c = client.Configuration(host=self.url)
@@ -501,6 +592,7 @@ class FakeKubeAPI:
         return self
 
     def _serve(self, port: int) -> None:
+        self._warm_at = time.monotonic() + self.authz_warmup
         server = _HTTPServer(("127.0.0.1", port), self, self._tls)
         self.port = server.server_address[1]
         self._server = server
@@ -560,6 +652,8 @@ class FakeKubeAPI:
         mode, self._outage = self._outage, None
         if mode == "refuse":
             self._serve(self.port)
+        else:
+            self._warm_at = time.monotonic() + self.authz_warmup
 
     def drop_watches(self) -> None:
         """Cut every open watch stream mid-way (no terminating chunk), as a broken connection would."""
@@ -684,6 +778,7 @@ class FakeKubeAPI:
         self._lock.notify_all()
 
     def _create_locked(self, res: ResourceType, obj: Obj) -> Obj:
+        _validate(res, obj)
         meta = obj["metadata"]
         key = _key(obj)
         if key in self._objects[res.plural]:
@@ -702,6 +797,9 @@ class FakeKubeAPI:
         return obj
 
     def _store_locked(self, res: ResourceType, obj: Obj, old: Obj) -> Obj:
+        if res.plural == "services":
+            _drop_type_dependent_fields(obj, old)
+        _validate(res, obj)
         if _same_content(obj, old):
             return old
         meta = obj["metadata"]
@@ -767,6 +865,8 @@ class FakeKubeAPI:
                 raise ApiError(401, "Unauthorized", "Unauthorized", misuse=True)
             if self._outage == "error":
                 raise ApiError(503, "ServiceUnavailable", "fake apiserver: outage injected")
+            if time.monotonic() < self._warm_at:
+                raise self._forbidden(rec)
             if self.before_request is not None:
                 self.before_request(rec)
             with self._lock:
@@ -782,6 +882,23 @@ class FakeKubeAPI:
             h.send_json(e.code, e.status())
         except (BrokenPipeError, ConnectionResetError):
             rec.status = rec.status or 499
+
+    def _forbidden(self, rec: Recorded) -> ApiError:
+        """The 403 of an apiserver whose RBAC authorizer is not ready yet, worded as the real one."""
+        verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        m = re.fullmatch(r"(?:/api/v1|/apis/([^/]+)/[^/]+)(?:/namespaces/([^/]+))?/([^/]+)(?:/.*)?", rec.path)
+        group, ns, plural = (m[1] or "", m[2], m[3]) if m else ("", None, rec.path)
+        action = verb.get(rec.method, rec.method.lower())
+        if rec.method == "GET" and m and rec.path.rstrip("/").endswith(plural):
+            action = "watch" if rec.watch else "list"
+        scope = f'in the namespace "{ns}"' if ns else "at the cluster scope"
+        return ApiError(
+            403,
+            "Forbidden",
+            f'{plural} is forbidden: User "{self.user}" cannot {action} resource "{plural}" in API group'
+            f' "{group}" {scope}',
+            {"kind": plural},
+        )
 
     def _authorized(self, header: str) -> bool:
         # The scheme is case-insensitive (RFC 7235), as kube-apiserver reads it; the official
@@ -823,6 +940,7 @@ class FakeKubeAPI:
             action = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(rec.method)
         if action is None or (sub == "status" and action == "delete"):
             raise _not_allowed(rec.method, path)
+        rec.rbac = (res.group, res.plural + ("/status" if sub == "status" else ""), action)
         unknown = tuple(sorted(set(rec.query) - _PARAMS[action] - _COMMON_PARAMS))
         if unknown:
             rec.unknown_params = unknown
@@ -837,7 +955,7 @@ class FakeKubeAPI:
     def _selectors(self, rec: Recorded) -> tuple[Callable[[Obj], bool], Callable[[Obj], bool]]:
         return (
             parse_label_selector(rec.query.get("labelSelector", "")),
-            parse_field_selector(rec.query.get("fieldSelector", "")),
+            parse_field_selector(rec.query.get("fieldSelector", ""), self._plural_of(rec.path) or ""),
         )
 
     # ----------------------------------------------------------------- verbs

@@ -104,6 +104,9 @@ class EndpointSliceView:
     service_name: str
     """The `kubernetes.io/service-name` label; empty for a slice that belongs to no Service."""
     endpoints: tuple[EndpointView, ...] = ()
+    address_type: str = "IPv4"
+    """`addressType` (required by the API): `IPv4`, `IPv6` or `FQDN`. kube-proxy serves each
+    address family from that family's slices only, so only those count for an address."""
 
     @property
     def key(self) -> Key:
@@ -648,10 +651,17 @@ def _node_verdict(config: Config, kube: KubeState, node_name: str) -> tuple[Reas
     return None, ""
 
 
-def _endpoint_verdict(svc: ServiceView, kube: KubeState, node_name: str) -> tuple[Reason, str]:
+_ADDRESS_TYPE = {4: "IPv4", 6: "IPv6"}
+
+
+def _endpoint_verdict(svc: ServiceView, kube: KubeState, node_name: str, version: int) -> tuple[Reason, str]:
+    """Endpoints count for an address only from EndpointSlices of its family, as kube-proxy
+    serves each family from that family's slices (a dual-stack Service's IPv6 address has no
+    endpoint when only IPv4 slices have endpoints); FQDN slices count for neither."""
     if KubeKind.ENDPOINT_SLICE not in kube.synced:
         return Reason.KUBE_NOT_SYNCED, "EndpointSlices not listed from the API yet"
-    group = kube.slices.get(svc.key, ())
+    family = _ADDRESS_TYPE[version]
+    group = [s for s in kube.slices.get(svc.key, ()) if s.address_type == family]
     usable = [e for s in group for e in s.endpoints if e.usable]
     if svc.external_traffic_policy == "Local":
         local = sum(1 for e in usable if e.node_name == node_name)
@@ -664,7 +674,10 @@ def _endpoint_verdict(svc: ServiceView, kube: KubeState, node_name: str) -> tupl
         )
     if usable:
         return Reason.HAS_ENDPOINTS, f"{len(usable)} ready or serving endpoint(s) in the cluster (Cluster)"
-    return Reason.NO_READY_ENDPOINTS, f"no ready or serving endpoint in {len(group)} EndpointSlice(s)"
+    return (
+        Reason.NO_READY_ENDPOINTS,
+        f"no ready or serving endpoint in {len(group)} {family} EndpointSlice(s)",
+    )
 
 
 def takes_service(config: Config, svc: ServiceView) -> bool:
@@ -787,7 +800,7 @@ class _Run:
         if self.node_reason is not None:
             reason, detail = self.node_reason, self.node_detail
         else:
-            reason, detail = _endpoint_verdict(svc, self.kube, self.node_name)
+            reason, detail = _endpoint_verdict(svc, self.kube, self.node_name, addr.version)
         return Decision(
             address=route.prefix.network_address,  # the same object as the route's: less memory
             announce=reason is Reason.HAS_ENDPOINTS,

@@ -3,14 +3,13 @@ Kubernetes API with a client pointed at it (misuse of the API fails the test).""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from bgpvip.adapters.kube import make_api_client
-from bgpvip.core.config import KubernetesConfig
+from bgpvip.adapters.kube import Credentials, KubeClient
 from tests.kubeapi import FakeKubeAPI
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
@@ -48,6 +47,15 @@ def api() -> Iterator[FakeKubeAPI]:
 
 @pytest.fixture
 def api_client(api: FakeKubeAPI) -> Iterator[client.ApiClient]:
-    c = make_api_client(KubernetesConfig(), configuration=api.configuration())
+    """The official client, for tests of the fake itself."""
+    c = client.ApiClient(api.configuration())
     yield c
     c.close()
+
+
+@pytest.fixture
+async def kube(api: FakeKubeAPI) -> AsyncIterator[KubeClient]:
+    """bgpvip's own client, pointed at the fake."""
+    c = KubeClient(Credentials.static(api.connection()))
+    yield c
+    await c.aclose()

@@ -1,26 +1,34 @@
 """The Kubernetes adapter against a real HTTP server speaking the Kubernetes API (tests/kubeapi.py),
-through the official client. Plus translation from recorded API JSON."""
+through bgpvip's own asyncio client, in the test's event loop. Plus translation from recorded API
+JSON. Waits are deadlines on conditions, not sleeps."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from kubernetes import client
 
 from bgpvip.adapters.kube import (
+    ApiError,
+    Connection,
+    Credentials,
+    CredentialsError,
     EventRecorder,
+    KubeClient,
     KubeWatcher,
     MalformedObject,
     ObjectRef,
     endpoint_slice_view,
-    make_api_client,
     node_view,
+    resolve_in_child,
     service_view,
 )
 from bgpvip.core.config import KubernetesConfig, load
@@ -54,34 +62,34 @@ def fixture(name: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- helpers
 
 
+async def until(predicate: Callable[[], Any], within: float = 5.0, what: str = "") -> None:
+    """Let the loop run until `predicate` holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what or predicate}")
+        await asyncio.sleep(0.005)
+
+
 class Collector:
     """The loop's side of `emit`: records events and folds them into a KubeState."""
 
     def __init__(self) -> None:
         self.events: list[KubeEvent] = []
         self.state = KubeState()
-        self._cond = threading.Condition()
 
     def __call__(self, event: KubeEvent) -> None:
-        with self._cond:
-            self.events.append(event)
-            self.state = self.state.apply(event)
-            self._cond.notify_all()
+        self.events.append(event)
+        self.state = self.state.apply(event)
 
-    def wait(self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"timed out waiting for {what or predicate}; events: {self.summary()}"
-                    )
-                self._cond.wait(left)
+    async def wait(self, predicate: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
+        try:
+            await until(predicate, within, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; events: {self.summary()}") from None
 
     def of(self, kind: type, k: KubeKind | None = None) -> list[Any]:
-        with self._cond:
-            return [e for e in self.events if isinstance(e, kind) and (k is None or e.kind == k)]
+        return [e for e in self.events if isinstance(e, kind) and (k is None or e.kind == k)]
 
     def summary(self) -> list[str]:
         return [f"{type(e).__name__}({e.kind})" for e in self.events[-20:]]
@@ -142,23 +150,31 @@ def collector() -> Collector:
     return Collector()
 
 
-@pytest.fixture
-def start_watcher(api_client: client.ApiClient, collector: Collector) -> Iterator[Callable[..., KubeWatcher]]:
-    started: list[KubeWatcher] = []
+async def stop(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    try:
+        await asyncio.wait_for(task, 2)
+    except asyncio.CancelledError:
+        pass
 
-    def start(**kw: Any) -> KubeWatcher:
+
+@pytest.fixture
+async def start_watcher(kube: KubeClient, collector: Collector) -> AsyncIterator[Callable[..., Any]]:
+    started: list[asyncio.Task[None]] = []
+
+    async def start(**kw: Any) -> KubeWatcher:
         kw.setdefault("watch_timeout", 5.0)
         kw.setdefault("backoff_initial", 0.05)
         kw.setdefault("backoff_max", 0.2)
-        w = KubeWatcher(api_client, node_name=NODE, emit=collector, **kw)
-        w.start()
-        started.append(w)
-        collector.wait(lambda: collector.state.ready, what="initial lists")
+        kw.setdefault("probe_interval", 0.05)
+        w = KubeWatcher(kube, node_name=NODE, emit=collector, **kw)
+        started.append(asyncio.create_task(w.run()))
+        await collector.wait(lambda: collector.state.ready, what="initial lists")
         return w
 
     yield start
-    for w in started:
-        w.stop(timeout=2)
+    for t in started:
+        await stop(t)
 
 
 @pytest.fixture
@@ -174,11 +190,11 @@ def seeded(api: FakeKubeAPI) -> FakeKubeAPI:
 # --------------------------------------------------------------------------- list + watch
 
 
-def test_list_then_watch_delivers_upserts_and_deletes(
-    seeded: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_list_then_watch_delivers_upserts_and_deletes(
+    seeded: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     api = seeded
-    start_watcher()
+    await start_watcher()
     assert collector.service_names() == {"web", "api"}
     assert collector.state.node == NodeView(NODE, ready=True, labels=(("kubernetes.io/hostname", NODE),))
     synced = {e.kind: e for e in collector.of(KubeSynced)}
@@ -190,9 +206,11 @@ def test_list_then_watch_delivers_upserts_and_deletes(
     api.remove("services", "default", "api")
     api.put("endpointslices", endpoint_slice("web", NODE))
     api.put("nodes", node(ready="False"))
-    collector.wait(lambda: collector.service_names() == {"web", "new"}, what="service changes")
-    collector.wait(lambda: collector.state.node is not None and not collector.state.node.ready, what="node")
-    collector.wait(
+    await collector.wait(lambda: collector.service_names() == {"web", "new"}, what="service changes")
+    await collector.wait(
+        lambda: collector.state.node is not None and not collector.state.node.ready, what="node"
+    )
+    await collector.wait(
         lambda: (
             [s.endpoints for s in collector.state.slices.get(("default", "web"), ())]
             == [(EndpointView(NODE, True, True, False),)]
@@ -212,8 +230,8 @@ def test_list_then_watch_delivers_upserts_and_deletes(
     assert watches(api, "nodes")[0].query["fieldSelector"] == f"metadata.name={NODE}"
 
 
-def test_the_folded_state_drives_decisions(
-    seeded: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_the_folded_state_drives_decisions(
+    seeded: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     config = load(
         {
@@ -222,26 +240,26 @@ def test_the_folded_state_drives_decisions(
             "kubernetes": {"enabled": True},
         }
     )
-    start_watcher()
+    await start_watcher()
     got = {(d.source, str(d.address), d.reason) for d in decide_services(config, collector.state, NODE)}
     assert got == {
         ("service/default/web", "203.0.113.10", Reason.HAS_ENDPOINTS),
         ("service/default/api", "203.0.113.11", Reason.HAS_ENDPOINTS),
     }
     seeded.put("endpointslices", endpoint_slice("api", "worker-2"))
-    collector.wait(
+    await collector.wait(
         lambda: any(
             d.reason is Reason.NO_LOCAL_ENDPOINTS for d in decide_services(config, collector.state, NODE)
         )
     )
 
 
-def test_paginated_list_is_one_synced_snapshot(
-    api: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_paginated_list_is_one_synced_snapshot(
+    api: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     for i in range(23):
         api.put("services", service(f"svc-{i:02}", f"203.0.113.{i + 1}"))
-    start_watcher(page_size=10)
+    await start_watcher(page_size=10)
     (synced,) = collector.of(KubeSynced, KubeKind.SERVICE)
     assert len(synced.snapshot) == 23
     pages = lists(api, "services")
@@ -249,8 +267,8 @@ def test_paginated_list_is_one_synced_snapshot(
     assert "continue" not in pages[0].query and all("continue" in r.query for r in pages[1:])
 
 
-def test_expired_list_continuation_starts_the_list_over(
-    api: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_expired_list_continuation_starts_the_list_over(
+    api: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     for i in range(5):
         api.put("services", service(f"svc-{i}", f"203.0.113.{i + 1}"))
@@ -263,7 +281,7 @@ def test_expired_list_continuation_starts_the_list_over(
             api.compact()
 
     api.before_request = compact_before_first_continue
-    watcher = start_watcher(page_size=2)
+    watcher = await start_watcher(page_size=2)
     (synced,) = collector.of(KubeSynced, KubeKind.SERVICE)
     assert len(synced.snapshot) == 5
     svc_lists = lists(api, "services")
@@ -272,8 +290,8 @@ def test_expired_list_continuation_starts_the_list_over(
     assert watcher.stats[KubeKind.SERVICE].gone == 1
 
 
-def test_first_list_pages_come_before_the_snapshot_and_only_once(
-    api: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_first_list_pages_come_before_the_snapshot_and_only_once(
+    api: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     for i in range(5):
         api.put("services", service(f"svc-{i}", f"203.0.113.{i + 1}"))
@@ -286,9 +304,8 @@ def test_first_list_pages_come_before_the_snapshot_and_only_once(
             api.compact()
 
     api.before_request = compact_before_first_continue
-    watcher = start_watcher(page_size=2, list_pages=True)
-    with collector._cond:
-        services = [e for e in collector.events if getattr(e, "kind", None) is KubeKind.SERVICE]
+    watcher = await start_watcher(page_size=2, list_pages=True)
+    services = [e for e in collector.events if getattr(e, "kind", None) is KubeKind.SERVICE]
     pages = [e for e in services if isinstance(e, KubeListPage)]
     # page 1, then 410 on its continuation: the list starts over (a `first` page again)
     assert [(len(p.views), p.first) for p in pages] == [(2, True), (2, True), (2, False), (1, False)]
@@ -296,46 +313,46 @@ def test_first_list_pages_come_before_the_snapshot_and_only_once(
     assert len(collector.service_names()) == 5
     # a relist (410 on the watch) sends no pages: the state keeps the old list until it is whole
     api.before_request = None
-    api.wait_for(lambda: api.open_watches == 3)
+    await until(lambda: api.open_watches == 3)
     api.put("endpointslices", endpoint_slice("other", NODE))  # history moves past the Service watch
     api.compact()
     api.put("services", service("late", "203.0.113.99"))
     api.drop_watches()
-    collector.wait(lambda: len(collector.of(KubeSynced, KubeKind.SERVICE)) == 2, what="relist")
+    await collector.wait(lambda: len(collector.of(KubeSynced, KubeKind.SERVICE)) == 2, what="relist")
     assert len(collector.of(KubeListPage, KubeKind.SERVICE)) == 4
     assert watcher.stats[KubeKind.SERVICE].lists == 2
 
 
-def test_resume_after_dropped_connection_without_relist(
-    seeded: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_resume_after_dropped_connection_without_relist(
+    seeded: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     api = seeded
-    watcher = start_watcher()
-    api.wait_for(lambda: api.open_watches == 3, what="three open watches")
+    watcher = await start_watcher()
+    await until(lambda: api.open_watches == 3, what="three open watches")
     api.put("services", service("before-drop", "203.0.113.30"))
-    collector.wait(lambda: "before-drop" in collector.service_names())
+    await collector.wait(lambda: "before-drop" in collector.service_names())
     rv_seen = watcher.stats[KubeKind.SERVICE].resource_version
     api.drop_watches()
     api.put("services", service("after-drop", "203.0.113.31"))
-    collector.wait(lambda: "after-drop" in collector.service_names(), what="event after the drop")
+    await collector.wait(lambda: "after-drop" in collector.service_names(), what="event after the drop")
     assert len(lists(api, "services")) == 1, "resumed, not relisted"
     assert len(collector.of(KubeSynced, KubeKind.SERVICE)) == 1
     assert watches(api, "services")[1].query["resourceVersion"] == rv_seen
     assert not collector.of(KubeUnavailable)
 
 
-def test_compacted_history_gives_410_and_a_fresh_list(
-    seeded: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_compacted_history_gives_410_and_a_fresh_list(
+    seeded: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     api = seeded
-    watcher = start_watcher()
-    api.wait_for(lambda: api.open_watches == 3)
+    watcher = await start_watcher()
+    await until(lambda: api.open_watches == 3)
     rv = watcher.stats[KubeKind.SERVICE].resource_version
     api.put("endpointslices", endpoint_slice("other", NODE))  # history moves past the Service watch's rv
     api.compact()
     api.remove("services", "default", "api")  # happens while the watch is being re-established
     api.drop_watches()
-    collector.wait(lambda: len(collector.of(KubeSynced, KubeKind.SERVICE)) == 2, what="a relist")
+    await collector.wait(lambda: len(collector.of(KubeSynced, KubeKind.SERVICE)) == 2, what="a relist")
     assert collector.service_names() == {"web"}
     assert watcher.stats[KubeKind.SERVICE].gone >= 1
     svc_watches = watches(api, "services")
@@ -343,93 +360,94 @@ def test_compacted_history_gives_410_and_a_fresh_list(
     assert not collector.of(KubeDelete), "the list replaces the kind; no per-object deletes are invented"
 
 
-def test_410_as_an_http_status_on_watch_also_relists(
-    seeded: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_410_as_an_http_status_on_watch_also_relists(
+    seeded: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     api = seeded
-    watcher = start_watcher()
+    watcher = await start_watcher()
     api.inject_error(lambda r: r.watch and "/services" in r.path, 410, "Gone", "too old resource version")
     api.drop_watches()
-    collector.wait(lambda: len(collector.of(KubeSynced, KubeKind.SERVICE)) == 2)
+    await collector.wait(lambda: len(collector.of(KubeSynced, KubeKind.SERVICE)) == 2)
     assert watcher.stats[KubeKind.SERVICE].gone == 1
     assert not collector.of(KubeUnavailable)
 
 
-def test_bookmarks_advance_the_resource_version(
-    seeded: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_bookmarks_advance_the_resource_version(
+    seeded: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     api = seeded
-    watcher = start_watcher()
-    api.wait_for(lambda: api.open_watches == 3)
+    watcher = await start_watcher()
+    await until(lambda: api.open_watches == 3)
     for i in range(5):  # other kinds move the global resourceVersion on
         api.put("endpointslices", endpoint_slice(f"other-{i}", NODE))
     current = str(api.resource_version)
     assert watcher.stats[KubeKind.SERVICE].resource_version != current
     api.send_bookmarks()
-    api.wait_for(lambda: watcher.stats[KubeKind.SERVICE].resource_version == current, what="bookmark")
+    await until(lambda: watcher.stats[KubeKind.SERVICE].resource_version == current, what="bookmark")
     api.compact()
     api.drop_watches()
     api.put("services", service("late", "203.0.113.40"))
-    collector.wait(lambda: "late" in collector.service_names())
+    await collector.wait(lambda: "late" in collector.service_names())
     assert watches(api, "services")[-1].query["resourceVersion"] == current
     assert len(lists(api, "services")) == 1, "no 410: the bookmark's resourceVersion was still in history"
     assert watcher.stats[KubeKind.SERVICE].gone == 0
 
 
-def test_periodic_bookmarks_are_consumed_silently(
-    seeded: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_periodic_bookmarks_are_consumed_silently(
+    seeded: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     seeded.bookmark_interval = 0.05
-    watcher = start_watcher()
+    watcher = await start_watcher()
     seeded.put("endpointslices", endpoint_slice("x", NODE))
     want = str(seeded.resource_version)
-    seeded.wait_for(lambda: watcher.stats[KubeKind.NODE].resource_version == want, what="node bookmark")
+    await until(lambda: watcher.stats[KubeKind.NODE].resource_version == want, what="node bookmark")
     assert len(collector.events) == 4  # 3 lists + the slice; bookmarks emit nothing
 
 
-def test_silent_watch_is_restarted_after_watch_timeout(
-    seeded: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_silent_watch_is_restarted_after_watch_timeout(
+    seeded: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     api = seeded
-    watcher = start_watcher(watch_timeout=0.4)
+    watcher = await start_watcher(watch_timeout=0.4)
     assert watcher.server_timeout == 1
-    api.wait_for(lambda: api.open_watches == 3)
+    await until(lambda: api.open_watches == 3)
     before = len(watches(api, "services"))
     api.silence_watches()
     started = time.monotonic()
-    api.wait_for(lambda: len(watches(api, "services")) >= before + 2, timeout=5, what="restarted watches")
+    await until(lambda: len(watches(api, "services")) >= before + 2, within=5, what="restarted watches")
     assert time.monotonic() - started >= 0.6, "each silent watch was given watch_timeout"
     api.silence_watches(False)
     api.put("services", service("after-silence", "203.0.113.50"))
-    collector.wait(lambda: "after-silence" in collector.service_names())
+    await collector.wait(lambda: "after-silence" in collector.service_names())
     assert len(lists(api, "services")) == 1
     assert not collector.of(KubeUnavailable)
 
 
 @pytest.mark.parametrize("mode", ["refuse", "reset", "error"], ids=["refused", "reset", "http-503"])
-def test_api_outage_is_fail_static_then_resyncs(
-    seeded: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector, mode: str
+async def test_api_outage_is_fail_static_then_resyncs(
+    seeded: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector, mode: str
 ) -> None:
     api = seeded
-    start_watcher()
-    api.wait_for(lambda: api.open_watches == 3)
+    watcher = await start_watcher()
+    await until(lambda: api.open_watches == 3)
     before = collector.state
     n_events = len(collector.events)
     api.inject_outage(mode)
-    collector.wait(
+    await collector.wait(
         lambda: {e.kind for e in collector.of(KubeUnavailable)} == set(KubeKind), what="unavailable"
     )
     # the cluster changes while we cannot see it
     api.remove("services", "default", "api")
     api.put("services", service("born-in-outage", "203.0.113.60"))
     api.put("nodes", node(**{"bgpvip.io/drain": "true"}))
-    time.sleep(0.3)  # several backoff rounds: still nothing may change
+    failures = sum(st.failures for st in watcher.stats.values())
+    await until(lambda: sum(st.failures for st in watcher.stats.values()) >= failures + 9, what="retries")
     during = collector.events[n_events:]
     assert all(isinstance(e, KubeUnavailable) for e in during), during
     assert len(during) == 3, "one KubeUnavailable per kind, not one per retry"
     assert collector.state.services == before.services and collector.state.node == before.node
     api.restore()
-    collector.wait(lambda: len(collector.of(KubeSynced)) == 6, what="fresh lists after the outage")
+    await collector.wait(lambda: len(collector.of(KubeSynced)) == 6, what="fresh lists after the outage")
     assert collector.service_names() == {"web", "born-in-outage"}
     assert collector.state.node is not None and collector.state.node.drained
     assert collector.state.unavailable == ()
@@ -448,58 +466,77 @@ def secured(tmp_path: Path) -> Iterator[FakeKubeAPI]:
         server.stop()
 
 
-def test_watcher_over_https_with_a_bearer_token(secured: FakeKubeAPI, collector: Collector) -> None:
+async def test_watcher_over_https_with_a_bearer_token(secured: FakeKubeAPI, collector: Collector) -> None:
     """The DaemonSet's path: TLS verified against the cluster CA, the token on every request
     (lists and watches), and a watch resumed over a fresh TLS connection after a cut."""
     secured.put("nodes", node())
     secured.put("services", service("web"))
     secured.put("endpointslices", endpoint_slice("web", NODE))
     assert secured.url.startswith("https://")
-    api_client = make_api_client(KubernetesConfig(), configuration=secured.configuration())
-    w = KubeWatcher(api_client, node_name=NODE, emit=collector, watch_timeout=5.0, backoff_initial=0.05)
-    w.start()
+    kube = KubeClient(Credentials.static(secured.connection()))
+    w = KubeWatcher(kube, node_name=NODE, emit=collector, watch_timeout=5.0, backoff_initial=0.05)
+    task = asyncio.create_task(w.run())
     try:
-        collector.wait(lambda: collector.state.ready, what="initial lists over HTTPS")
-        secured.wait_for(lambda: secured.open_watches == 3)
+        await collector.wait(lambda: collector.state.ready, what="initial lists over HTTPS")
+        await until(lambda: secured.open_watches == 3)
         secured.drop_watches()
         secured.put("services", service("api", "203.0.113.11"))
-        collector.wait(lambda: collector.service_names() == {"web", "api"}, what="a change after the cut")
+        await collector.wait(
+            lambda: collector.service_names() == {"web", "api"}, what="a change after the cut"
+        )
     finally:
-        w.stop(timeout=2)
-        api_client.close()
+        await stop(task)
+        await kube.aclose()
     assert secured.misuse == []
     assert {r.status for r in secured.requests if r.status} == {200}
 
 
-def test_a_wrong_token_is_refused_and_recorded(secured: FakeKubeAPI) -> None:
-    configuration = secured.configuration()
-    configuration.api_key = {"authorization": "Bearer not-the-token"}
-    api_client = make_api_client(KubernetesConfig(), configuration=configuration)
+async def test_a_wrong_token_is_refused_resolved_again_and_recorded(secured: FakeKubeAPI) -> None:
+    resolved: list[Connection] = []
+    wrong = msgspec.structs.replace(secured.connection(), token="not-the-token")
+
+    async def resolve() -> Connection:
+        resolved.append(wrong)
+        return wrong
+
+    kube = KubeClient(Credentials(resolve))
     try:
-        with pytest.raises(client.ApiException) as e:
-            client.CoreV1Api(api_client).list_node()
+        with pytest.raises(ApiError) as e:
+            await kube.request("GET", "/api/v1/nodes")
+        assert (e.value.status, e.value.reason, e.value.message) == (401, "Unauthorized", "Unauthorized")
+        with pytest.raises(ApiError):
+            await kube.request("GET", "/api/v1/nodes")
     finally:
-        api_client.close()
-    assert e.value.status == 401 and json.loads(e.value.body)["reason"] == "Unauthorized"
-    assert secured.misuse == ["GET /api/v1/nodes: 401 Unauthorized"]
+        await kube.aclose()
+    assert len(resolved) == 2, "a 401 makes the next request resolve the credentials again"
+    assert secured.misuse == ["GET /api/v1/nodes: 401 Unauthorized"] * 2
+    secured.misuse.clear()
 
 
-def test_a_server_certificate_from_another_ca_is_refused(secured: FakeKubeAPI, tmp_path: Path) -> None:
+async def test_a_server_certificate_from_another_ca_is_refused_in_one_line(
+    secured: FakeKubeAPI, tmp_path: Path, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
     other = tmp_path / "other"
     other.mkdir()
-    configuration = secured.configuration()
-    configuration.ssl_ca_cert = str(serving_certificate(other, ips=("127.0.0.1",)) / "ca.crt")
-    api_client = make_api_client(KubernetesConfig(), configuration=configuration)
+    ca = (serving_certificate(other, ips=("127.0.0.1",)) / "ca.crt").read_text()
+    kube = KubeClient(Credentials.static(msgspec.structs.replace(secured.connection(), ca=ca)))
+    w = KubeWatcher(kube, node_name=NODE, emit=collector, kinds=(KubeKind.NODE,), probe_interval=0.05)
+    task = asyncio.create_task(w.run())
     try:
-        with pytest.raises(client.ApiException, match="CERTIFICATE_VERIFY_FAILED"):
-            client.CoreV1Api(api_client).list_node()
+        await collector.wait(lambda: collector.of(KubeUnavailable), what="unavailable")
     finally:
-        api_client.close()
+        await stop(task)
+        await kube.aclose()
+    (down,) = collector.of(KubeUnavailable)
+    assert "TLS certificate not trusted: unable to get local issuer certificate" in down.error, down.error
+    assert "\n" not in down.error and "HTTP 0" not in down.error
+    (line,) = [r.getMessage() for r in caplog.records if "API unavailable" in r.getMessage()]
+    assert "TLS certificate not trusted" in line and "\n" not in line and r"\n" not in line
     assert secured.requests == []
 
 
-def test_malformed_objects_never_crash_the_watcher(
-    api: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_malformed_objects_never_crash_the_watcher(
+    api: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     api.put("nodes", node())
     api.put("services", fixture("service-hostile.json"))
@@ -507,13 +544,16 @@ def test_malformed_objects_never_crash_the_watcher(
     api.put(
         "services", {"metadata": {"namespace": "default", "labels": "x"}, "spec": {"type": "LoadBalancer"}}
     )
-    watcher = start_watcher()
+    watcher = await start_watcher()
     assert collector.service_names() == {"hostile", "no-spec"}
     assert watcher.stats[KubeKind.SERVICE].malformed == 1
     api.put("services", {"metadata": {"name": "later", "namespace": "default"}, "spec": [], "status": []})
-    api.put("endpointslices", {"metadata": {"name": "s", "namespace": "default"}, "endpoints": "many"})
+    api.put(
+        "endpointslices",
+        {"metadata": {"name": "s", "namespace": "default"}, "addressType": "IPv4", "endpoints": "many"},
+    )
     api.put("services", service("good", "203.0.113.70"))
-    collector.wait(lambda: "good" in collector.service_names())
+    await collector.wait(lambda: "good" in collector.service_names())
     assert "later" in collector.service_names()
     config = load(
         {
@@ -532,60 +572,78 @@ def test_malformed_objects_never_crash_the_watcher(
     }
 
 
-def test_stop_joins_threads_promptly(
-    seeded: FakeKubeAPI, api_client: client.ApiClient, collector: Collector
+async def test_cancelling_the_watcher_closes_its_watches(
+    seeded: FakeKubeAPI, kube: KubeClient, collector: Collector
 ) -> None:
-    watcher = KubeWatcher(api_client, node_name=NODE, emit=collector, watch_timeout=60)
-    watcher.start()
-    collector.wait(lambda: collector.state.ready)
-    seeded.wait_for(lambda: seeded.open_watches == 3)
-    started = time.monotonic()
-    watcher.stop(timeout=3)
-    assert time.monotonic() - started < 1.0
-    assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("kube-watch-"))
+    watcher = KubeWatcher(kube, node_name=NODE, emit=collector, watch_timeout=60)
+    task = asyncio.create_task(watcher.run())
+    await collector.wait(lambda: collector.state.ready)
+    await until(lambda: seeded.open_watches == 3)
+    await stop(task)
+    assert task.cancelled()
+    n = len(collector.events)
+    seeded.put("services", service("after-stop", "203.0.113.99"))
+    await asyncio.sleep(0.05)
+    assert len(collector.events) == n, "nothing is emitted after the watcher was cancelled"
 
 
-def test_stop_during_backoff_is_prompt(
-    api: FakeKubeAPI, api_client: client.ApiClient, collector: Collector
+async def test_an_unreachable_api_is_probed_often_without_growing_the_backoff(
+    api: FakeKubeAPI, kube: KubeClient, collector: Collector
 ) -> None:
+    """Refused connections are retried every probe_interval (so a returning API is used within
+    about that), however long the outage; errors the server answers with back off."""
+    api.put("nodes", node())
     api.inject_outage("refuse")
-    watcher = KubeWatcher(api_client, node_name=NODE, emit=collector, backoff_initial=10, backoff_max=10)
-    watcher.start()
-    collector.wait(lambda: len(collector.of(KubeUnavailable)) == 3)
-    started = time.monotonic()
-    watcher.stop(timeout=3)
-    assert time.monotonic() - started < 1.0
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.sleep(0)
+
+    w = KubeWatcher(kube, node_name=NODE, emit=collector, kinds=(KubeKind.NODE,), sleep=sleep)
+    task = asyncio.create_task(w.run())
+    await until(lambda: len(sleeps) >= 20, what="retries")
+    assert max(sleeps) <= w.probe_interval * 1.2, sleeps
     api.restore()
+    await collector.wait(lambda: collector.of(KubeSynced), what="synced once the API is back")
+    api.inject_error(lambda r: True, 500, "InternalError", times=6)
+    api.drop_watches()
+    n = len(sleeps)
+    await until(lambda: len(sleeps) >= n + 6, what="retries after 500s")
+    grown = sleeps[n : n + 6]
+    assert grown == sorted(grown) and grown[-1] > 4 * grown[0], grown
+    await stop(task)
 
 
 # --------------------------------------------------------------------------- Events
 
 
 @pytest.fixture
-def recorder(api_client: client.ApiClient) -> Iterator[Callable[..., EventRecorder]]:
+async def recorder(kube: KubeClient) -> AsyncIterator[Callable[..., EventRecorder]]:
     made: list[EventRecorder] = []
 
     def make(**kw: Any) -> EventRecorder:
         kw.setdefault("host", NODE)
-        r = EventRecorder(api_client, **kw)
+        kw.setdefault("adopt", False)
+        r = EventRecorder(kube, **kw)
         r.start()
         made.append(r)
         return r
 
     yield make
     for r in made:
-        r.stop(timeout=2)
+        await r.stop(2)
 
 
 REF = ObjectRef(namespace="default", name="web", uid="uid-web")
 
 
-def test_event_is_posted_as_core_v1(api: FakeKubeAPI, recorder: Callable[..., EventRecorder]) -> None:
+async def test_event_is_posted_as_core_v1(api: FakeKubeAPI, recorder: Callable[..., EventRecorder]) -> None:
     r = recorder()
     r.record(
         REF, "Warning", "NotInPool", "status.loadBalancer.ingress[0].ip 10.0.0.1 lies in no configured pool"
     )
-    assert r.flush()
+    assert await r.flush()
     (event,) = api.objects("events")
     assert event["metadata"]["namespace"] == "default" and event["metadata"]["name"].startswith("web.")
     assert event["involvedObject"] == {
@@ -601,11 +659,11 @@ def test_event_is_posted_as_core_v1(api: FakeKubeAPI, recorder: Callable[..., Ev
     assert [x.method for x in api.requests] == ["POST"]
 
 
-def test_repeats_increment_the_count(api: FakeKubeAPI, recorder: Callable[..., EventRecorder]) -> None:
+async def test_repeats_increment_the_count(api: FakeKubeAPI, recorder: Callable[..., EventRecorder]) -> None:
     r = recorder(patch_interval=0)
     for _ in range(4):
         r.record(REF, "Warning", "NotInPool", "same")
-    assert r.flush()
+    assert await r.flush()
     (event,) = api.objects("events")
     assert event["count"] == 4
     assert (r.stats.created, r.stats.patched) == (1, 3)
@@ -613,51 +671,53 @@ def test_repeats_increment_the_count(api: FakeKubeAPI, recorder: Callable[..., E
     assert api.requests[1].content_type == "application/strategic-merge-patch+json"
 
 
-def test_repeats_within_patch_interval_are_skipped(
+async def test_repeats_within_patch_interval_are_skipped(
     api: FakeKubeAPI, recorder: Callable[..., EventRecorder]
 ) -> None:
     r = recorder(patch_interval=60)
     for _ in range(20):
         r.record(REF, "Warning", "NotInPool", "same")
     r.record(REF, "Warning", "NotInPool", "different")
-    assert r.flush()
+    assert await r.flush()
     assert (r.stats.created, r.stats.patched, r.stats.deduplicated) == (2, 0, 19)
     assert len(api.requests) == 2
 
 
-def test_new_events_are_rate_limited_per_object(
+async def test_new_events_are_rate_limited_per_object(
     api: FakeKubeAPI, recorder: Callable[..., EventRecorder]
 ) -> None:
     r = recorder(burst=3, refill_interval=3600)
     for i in range(6):
         r.record(REF, "Normal", "Announced", f"message {i}")
     r.record(ObjectRef("default", "other"), "Normal", "Announced", "another object has its own budget")
-    assert r.flush()
+    assert await r.flush()
     assert (r.stats.created, r.stats.rate_limited) == (4, 3)
     assert len(api.objects("events")) == 4
 
 
-def test_window_expiry_and_deleted_event_start_a_new_one(
+async def test_window_expiry_and_deleted_event_start_a_new_one(
     api: FakeKubeAPI, recorder: Callable[..., EventRecorder]
 ) -> None:
     now = [0.0]
     r = recorder(patch_interval=0, window=10, clock=lambda: now[0])
     r.record(REF, "Warning", "NotInPool", "same")
-    assert r.flush()
+    assert await r.flush()
     now[0] = 30.0  # outside the window: a new Event
     r.record(REF, "Warning", "NotInPool", "same")
-    assert r.flush()
+    assert await r.flush()
     assert r.stats.created == 2
     for e in api.objects("events"):  # the apiserver's TTL removes them
         api.remove("events", "default", e["metadata"]["name"])
     now[0] = 31.0
     r.record(REF, "Warning", "NotInPool", "same")
-    assert r.flush()
+    assert await r.flush()
     (event,) = api.objects("events")
     assert r.stats.created == 3 and event["count"] == 2
 
 
-def test_recording_never_blocks_or_raises(api: FakeKubeAPI, recorder: Callable[..., EventRecorder]) -> None:
+async def test_recording_never_blocks_or_raises(
+    api: FakeKubeAPI, recorder: Callable[..., EventRecorder]
+) -> None:
     api.inject_outage("refuse")
     r = recorder(max_queue=5)
     started = time.monotonic()
@@ -665,7 +725,7 @@ def test_recording_never_blocks_or_raises(api: FakeKubeAPI, recorder: Callable[.
         r.record(REF, "Warning", "NotInPool", f"{i}")
     r.record(REF, "Bogus", "X", "not a valid type is logged, not raised")
     assert time.monotonic() - started < 0.1
-    assert r.flush(timeout=10)
+    assert await r.flush(10)
     assert r.stats.dropped > 0 and r.stats.failed > 0 and r.stats.created == 0
     api.restore()
 
@@ -713,7 +773,7 @@ def test_translate_keeps_only_the_label_keys_pools_select_on() -> None:
     assert service_view(fixture("service-loadbalancer-local.json"), label_keys=()).labels == ()
 
 
-def test_watcher_for_config(api_client: client.ApiClient, collector: Collector) -> None:
+async def test_watcher_for_config(kube: KubeClient, collector: Collector) -> None:
     config = load(
         {
             "bgp": {"local_as": 65001, "peers": [{"address": "192.0.2.1", "peer_as": 65000}]},
@@ -721,12 +781,12 @@ def test_watcher_for_config(api_client: client.ApiClient, collector: Collector) 
             "kubernetes": {"enabled": True, "watch_timeout": 42},
         }
     )
-    w = KubeWatcher.for_config(api_client, config, node_name=NODE, emit=collector)
+    w = KubeWatcher.for_config(kube, config, node_name=NODE, emit=collector)
     assert (w.watch_timeout, w.server_timeout, w.label_keys) == (42, 33, {"tier"})
 
 
-def test_watcher_applies_label_keys(
-    api: FakeKubeAPI, start_watcher: Callable[..., KubeWatcher], collector: Collector
+async def test_watcher_applies_label_keys(
+    api: FakeKubeAPI, start_watcher: Callable[..., Any], collector: Collector
 ) -> None:
     api.put(
         "services",
@@ -735,7 +795,7 @@ def test_watcher_applies_label_keys(
             "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web", "tier": "edge"}},
         },
     )
-    start_watcher(label_keys={"tier"})
+    await start_watcher(label_keys={"tier"})
     assert collector.state.services[("default", "web")].labels == (("tier", "edge"),)
 
 
@@ -901,3 +961,88 @@ def test_fake_leases_conflict_for_leader_election(api: FakeKubeAPI, api_client: 
     assert e.value.status == 409
     got = coord.read_namespaced_lease("bgpvip-controller", "kube-system")
     assert got.spec.holder_identity == "b"
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def kubeconfig(path: Path, server: str, *, token: str | None = None, ca: Path | None = None) -> Path:
+    cluster: dict[str, Any] = {"server": server}
+    if ca is not None:
+        cluster["certificate-authority"] = str(ca)
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": {"token": token} if token else {}}],
+        "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "ctx",
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+async def test_a_kubeconfig_is_resolved_by_the_official_loader_in_a_child(
+    secured: FakeKubeAPI, tmp_path: Path
+) -> None:
+    assert secured.tls_dir is not None and secured.token is not None
+    path = kubeconfig(
+        tmp_path / "kubeconfig", secured.url, token=secured.token, ca=secured.tls_dir / "ca.crt"
+    )
+    conn = await resolve_in_child(KubernetesConfig(enabled=True, kubeconfig=path))
+    assert (conn.server, conn.token, conn.verify) == (secured.url, secured.token, True)
+    assert conn.ca == (secured.tls_dir / "ca.crt").read_text()
+    assert conn.source == f"kubeconfig {path} (context ctx)"
+    kube = KubeClient(Credentials.for_config(KubernetesConfig(enabled=True, kubeconfig=path)))
+    try:
+        assert json.loads(await kube.request("GET", "/api/v1/nodes"))["kind"] == "NodeList"
+    finally:
+        await kube.aclose()
+    assert secured.misuse == []
+
+
+@pytest.mark.parametrize(
+    ("kube_config", "says"),
+    [
+        (KubernetesConfig(enabled=True, kubeconfig=Path("/nonexistent/kubeconfig")), "No such file"),
+        (KubernetesConfig(enabled=True), "Service host/port is not set"),
+    ],
+    ids=["missing-kubeconfig", "not-in-a-cluster"],
+)
+async def test_a_connection_that_cannot_be_resolved_names_the_problem(
+    kube_config: KubernetesConfig, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(CredentialsError, match=says):
+        await resolve_in_child(kube_config)
+
+
+async def test_an_unresolvable_connection_is_an_outage_retried_with_backoff(collector: Collector) -> None:
+    """No kubeconfig, no in-cluster environment: the watcher reports the API unavailable (the
+    speaker keeps its VIPs and fails static for Services) and tries again with a growing delay,
+    without starting a resolver child per attempt."""
+    attempts: list[float] = []
+    now = [0.0]
+
+    async def resolve() -> Connection:
+        attempts.append(now[0])
+        raise CredentialsError("kubeconfig /etc/kubeconfig: FileNotFoundError: No such file")
+
+    async def sleep(seconds: float) -> None:
+        if now[0] > 120:
+            await asyncio.Event().wait()  # two minutes are enough: stay here until cancelled
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    kube = KubeClient(Credentials(resolve, clock=lambda: now[0]))
+    w = KubeWatcher(
+        kube, node_name=NODE, emit=collector, kinds=(KubeKind.NODE,), sleep=sleep, clock=lambda: now[0]
+    )
+    task = asyncio.create_task(w.run())
+    await until(lambda: now[0] > 120, what="two minutes of fake time")
+    await stop(task)
+    (down,) = collector.of(KubeUnavailable)
+    assert "No such file" in down.error
+    assert len(attempts) <= 8, f"resolved {len(attempts)} times in two minutes: {attempts}"
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps == sorted(gaps), "the delay between attempts grows"

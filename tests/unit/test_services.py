@@ -90,9 +90,14 @@ def ep(
 
 
 def eps(
-    service: str = "web", *endpoints: EndpointView, ns: str = "default", name: str = ""
+    service: str = "web",
+    *endpoints: EndpointView,
+    ns: str = "default",
+    name: str = "",
+    address_type: str = "IPv4",
 ) -> EndpointSliceView:
-    return EndpointSliceView(ns, name or f"{service}-abcde", service, endpoints or (ep(),))
+    name = name or f"{service}-{address_type.lower()}"
+    return EndpointSliceView(ns, name, service, endpoints or (ep(),), address_type)
 
 
 READY = NodeView(NODE, ready=True)
@@ -211,7 +216,32 @@ CASES = [
         "ipv6-with-ipv6-peer",
         (svc("web", "203.0.113.10", "2001:db8:100::10"),),
         (*ANNOUNCED, ("2001:db8:100::10", True, Reason.HAS_ENDPOINTS)),
+        slices=(eps(), eps(address_type="IPv6")),
         config={"ipv6": True},
+    ),
+    # kube-proxy serves a family from that family's EndpointSlices only
+    Case(
+        "dual-stack-without-ipv6-endpoints",
+        (svc("web", "203.0.113.10", "2001:db8:100::10"),),
+        (*ANNOUNCED, ("2001:db8:100::10", False, Reason.NO_READY_ENDPOINTS)),
+        slices=(eps(), eps(ep(ready=False), address_type="IPv6")),
+        config={"ipv6": True},
+    ),
+    Case(
+        "ipv6-endpoints-only",
+        (svc("web", "203.0.113.10", "2001:db8:100::10"),),
+        (
+            ("203.0.113.10", False, Reason.NO_READY_ENDPOINTS),
+            ("2001:db8:100::10", True, Reason.HAS_ENDPOINTS),
+        ),
+        slices=(eps(address_type="IPv6"),),
+        config={"ipv6": True},
+    ),
+    Case(
+        "fqdn-slices-count-for-no-family",
+        (svc(external_traffic_policy="Local"),),
+        (("203.0.113.10", False, Reason.NO_LOCAL_ENDPOINTS),),
+        slices=(eps(address_type="FQDN"),),
     ),
     # externalTrafficPolicy: Local
     Case("local-ready-here", (svc(external_traffic_policy="Local"),), ANNOUNCED),
@@ -469,7 +499,7 @@ def test_shared_address_note_also_on_a_refusal_and_follows_changes() -> None:
         assert refused.detail.endswith("shared address announced for service/team-a/t") is announced
         # step 0 -> 1: the announcer loses its endpoints; 1 -> 2: they come back
         if step == 0:
-            state = state.apply(KubeDelete(KubeKind.ENDPOINT_SLICE, ("team-a", "t-abcde")))
+            state = state.apply(KubeDelete(KubeKind.ENDPOINT_SLICE, ("team-a", "t-ipv4")))
         else:
             state = state.apply(KubeUpsert(eps("t", ns="team-a")))
 
