@@ -241,7 +241,7 @@ class Controller:
         self.options = options
         self.config_path = config_path
         self.recorder = recorder or EventRecorder(
-            client, component="bgpvip-controller", host=options.identity
+            client, component="bgpvip-controller", host=options.identity, adopt_other_hosts=True
         )
         self.metrics = ControllerMetrics()
         self.stats = ControllerStats()

@@ -81,7 +81,9 @@ async def start(kube: KubeClient) -> AsyncIterator[Callable[..., Running]]:
             watcher={"backoff_initial": 0.05, "backoff_max": 0.2, "probe_interval": 0.05},
             **{**LEASE, **kw},
         )
-        recorder = EventRecorder(kube, component="bgpvip-controller", host=identity, refill_interval=0.1)
+        recorder = EventRecorder(
+            kube, component="bgpvip-controller", host=identity, refill_interval=0.1, adopt_other_hosts=True
+        )
         r = Running(Controller(config, kube, options, recorder=recorder, config_path=path))
         running.append(r)
         return r
@@ -225,6 +227,20 @@ async def test_requested_address_honored_or_refused_with_an_event(
     assert ingress(api, "outside") == ()
     _, text = await scrape(r, "/metrics")
     assert 'bgpvip_allocation_refusals{reason="notInAnyPool"} 1.0' in text
+
+
+async def test_a_takeover_does_not_post_the_refusals_again(
+    api: FakeKubeAPI, start: Callable[..., Running]
+) -> None:
+    api.put("services", service("outside", annotations={"bgpvip.io/loadBalancerIPs": "192.0.2.77"}))
+    a = start("ctl-a")
+    await eventually(lambda: events(api, "outside", "NotInAnyPool"), what="Warning Event")
+    await a.stop()
+    b = start("ctl-b")
+    await synced(b)
+    await eventually(lambda: b.controller.recorder.stats.deduplicated == 1, what="the refusal seen again")
+    (event,) = events(api, "outside", "NotInAnyPool")
+    assert event["count"] == 1 and event["source"]["host"] == "ctl-a"
 
 
 async def test_exhausted_pool_and_bad_services_leave_the_others_served(

@@ -701,18 +701,41 @@ async def test_window_expiry_and_deleted_event_start_a_new_one(
     now = [0.0]
     r = recorder(patch_interval=0, window=10, clock=lambda: now[0])
     r.record(REF, "Warning", "NotInPool", "same")
+    r.record(REF, "Warning", "NotInPool", "same")
     assert await r.flush()
-    now[0] = 30.0  # outside the window: a new Event
+    now[0] = 30.0  # outside the window: a new Event, counting from 1 again
     r.record(REF, "Warning", "NotInPool", "same")
     assert await r.flush()
     assert r.stats.created == 2
+    assert sorted(e["count"] for e in api.objects("events")) == [1, 2]
     for e in api.objects("events"):  # the apiserver's TTL removes them
         api.remove("events", "default", e["metadata"]["name"])
     now[0] = 31.0
     r.record(REF, "Warning", "NotInPool", "same")
     assert await r.flush()
     (event,) = api.objects("events")
-    assert r.stats.created == 3 and event["count"] == 2
+    assert r.stats.created == 3 and event["count"] == 2, "a repeat of a deleted Event keeps counting"
+
+
+async def test_a_restarted_recorder_counts_on_its_earlier_events_instead_of_posting_again(
+    api: FakeKubeAPI, recorder: Callable[..., EventRecorder]
+) -> None:
+    first = recorder()
+    first.record(REF, "Warning", "NotInPool", "203.0.113.1 lies in no configured pool")
+    first.record(ObjectRef("default", "other"), "Warning", "NotInPool", "other")
+    assert await first.flush()
+    await first.stop()
+    # another node's speaker posts the same refusal: not ours to count on
+    recorder(host="worker-2").record(REF, "Warning", "NotInPool", "203.0.113.1 lies in no configured pool")
+    second = recorder(adopt=True)
+    await until(lambda: second.stats.adopted == 2, what="its own two Events adopted")
+    second.record(REF, "Warning", "NotInPool", "203.0.113.1 lies in no configured pool")
+    second.record(REF, "Warning", "NotInPool", "a different message is a new Event")
+    assert await second.flush()
+    assert (second.stats.created, second.stats.deduplicated) == (1, 1)
+    assert len(api.objects("events")) == 4
+    (listed,) = [r for r in api.requests if r.method == "GET" and r.path == "/api/v1/events"]
+    assert listed.query == {"fieldSelector": "source=bgpvip-speaker"}
 
 
 async def test_recording_never_blocks_or_raises(

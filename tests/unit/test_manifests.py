@@ -2,7 +2,8 @@
 
 Pure YAML reading: neither kubectl nor kustomize is needed (or used). What is checked is what a
 typo would silently break in a cluster: the ConfigMap's config must load, the speaker's RBAC must
-be exactly what bgpvip/adapters/kube.py uses, the DaemonSet must probe the port the shipped config
+be exactly what bgpvip/adapters/kube/ uses (tests/adapters/test_rbac.py derives that from the
+requests it makes), the DaemonSet must probe the port the shipped config
 listens on, and every kustomization must point at files that exist.
 """
 
@@ -276,13 +277,14 @@ def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 def test_speaker_clusterrole_is_exactly_what_the_adapter_uses() -> None:
     role = _find("ClusterRole", "bgpvip-speaker", K8S / "speaker")
-    read = {"get", "list", "watch"}
+    read = {"list", "watch"}
     expected = {
         *(("", "services", v) for v in read),
         *(("", "nodes", v) for v in read),
         *(("discovery.k8s.io", "endpointslices", v) for v in read),
         ("", "events", "create"),
         ("", "events", "patch"),
+        ("", "events", "list"),
     }
     grants = _grants(role)
     assert grants == expected

@@ -124,8 +124,9 @@ class EventRecorder:
     most every `patch_interval` seconds. After the window a repeat is a new Event (count 1).
     Rate limit: each object may start `burst` new Events, refilled one per `refill_interval`
     seconds (client-go's spam filter, scaled down). At start it lists the Events this component
-    (and `host`) posted, so that a restart or a controller takeover counts on the Events already
-    there instead of posting each refusal again.
+    (on this `host`, or on any with `adopt_other_hosts`) posted within the window, so that a
+    restart or a controller takeover counts on the Events already there instead of posting each
+    refusal again.
     """
 
     def __init__(
@@ -142,6 +143,7 @@ class EventRecorder:
         max_cache: int = 4096,
         request_timeout: float = 10.0,
         adopt: bool = True,
+        adopt_other_hosts: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -155,6 +157,10 @@ class EventRecorder:
         self.max_cache = max_cache
         self.request_timeout = request_timeout
         self.adopt = adopt
+        """At start, list this component's recent Events and count on them."""
+        self.adopt_other_hosts = adopt_other_hosts
+        """Adopt the Events of every `host` of the component (the controller: one logical
+        writer whatever replica leads), not only this one's (a speaker: one per node)."""
         self._clock = clock
         self._wall = wall
         self.stats = RecorderStats()
@@ -229,7 +235,8 @@ class EventRecorder:
         )
         now, wall = self._clock(), self._wall()
         for e in msgspec.json.decode(body, type=_EventList).items or ():
-            if e.metadata is None or e.involved is None or (e.source or _Source()).host != self.host:
+            host = (e.source or _Source()).host
+            if e.metadata is None or e.involved is None or (host != self.host and not self.adopt_other_hosts):
                 continue
             try:
                 age = (
