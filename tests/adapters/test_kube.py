@@ -1069,3 +1069,56 @@ async def test_an_unresolvable_connection_is_an_outage_retried_with_backoff(coll
     assert len(attempts) <= 8, f"resolved {len(attempts)} times in two minutes: {attempts}"
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps == sorted(gaps), "the delay between attempts grows"
+
+
+async def test_the_start_up_403_of_a_restarted_apiserver_is_retried_at_once_and_explained(
+    api: FakeKubeAPI, kube: KubeClient, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real apiserver refuses ServiceAccount requests with 403 for about a second after it
+    starts (its authorizer is not ready). That is retried every probe_interval, not backed off,
+    and the log carries the server's reason and message instead of a bare `HTTP 403`."""
+    api.put("nodes", node())
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.sleep(0)
+
+    w = KubeWatcher(kube, node_name=NODE, emit=collector, kinds=(KubeKind.NODE,), sleep=sleep)
+    task = asyncio.create_task(w.run())
+    await collector.wait(lambda: collector.of(KubeSynced), what="first list")
+    api.inject_outage("refuse")
+    api.authz_warmup = 3600.0  # the whole test runs inside the warm-up
+    await until(lambda: len(sleeps) >= 3, what="retries while unreachable")
+    api.restore()
+    n = len(sleeps)
+    await until(lambda: len(sleeps) >= n + 10, what="retries while refused")
+    assert max(sleeps[n:]) <= w.probe_interval * 1.2, sleeps[n:]
+    forbidden = [r.getMessage() for r in caplog.records if "403" in r.getMessage()]
+    assert forbidden and "HTTP 403 Forbidden: nodes is forbidden: User" in forbidden[0], forbidden
+    assert "cannot list resource" in forbidden[0] and "check the RBAC" not in forbidden[0]
+    api.authz_warmup = 0.0
+    api.restore()
+    await collector.wait(lambda: len(collector.of(KubeSynced)) == 2, what="listed once authorized")
+    await stop(task)
+
+
+async def test_a_lasting_403_backs_off_and_points_at_rbac(
+    api: FakeKubeAPI, kube: KubeClient, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.inject_error(lambda r: True, 403, "Forbidden", 'nodes is forbidden: User "x" cannot list', times=100)
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.sleep(0)
+
+    w = KubeWatcher(
+        kube, node_name=NODE, emit=collector, kinds=(KubeKind.NODE,), sleep=sleep, authz_grace=0.0
+    )
+    task = asyncio.create_task(w.run())
+    await until(lambda: len(sleeps) >= 6, what="retries")
+    await stop(task)
+    assert sleeps[:6] == sorted(sleeps[:6]) and sleeps[5] > 8 * sleeps[0], sleeps
+    (line,) = [r.getMessage() for r in caplog.records if "API unavailable" in r.getMessage()]
+    assert "HTTP 403 Forbidden: nodes is forbidden" in line and "check the RBAC rules" in line

@@ -225,18 +225,20 @@ class KubeWatcher:
     def _failed(self, spec: KindSpec, exc: Exception, outage: _Outage) -> float:
         self.stats[spec.kind].failures += 1
         said = describe(exc)
-        if transient(exc, answering_for=self._client.answering_for(), authz_grace=self.authz_grace):
-            delay = outage.backoff.short(self.probe_interval)
-        else:
-            delay = outage.backoff.next()
+        passing = transient(exc, answering_for=self._client.answering_for(), authz_grace=self.authz_grace)
+        delay = outage.backoff.short(self.probe_interval) if passing else outage.backoff.next()
         if not outage.down:
             outage.down, outage.since = True, self._clock()
             self._emit(KubeUnavailable(spec.kind, said))
         if said != outage.said:
             outage.said = said
             hint = ""
-            if isinstance(exc, ApiError) and exc.status == 403 and delay > self.probe_interval * 1.5:
-                hint = " (check the RBAC rules of this ServiceAccount)"
+            if isinstance(exc, ApiError) and exc.status == 403:
+                hint = (
+                    " (an apiserver that just started refuses until its authorizer is ready)"
+                    if passing
+                    else " (check the RBAC rules of this ServiceAccount)"
+                )
             log.warning("kube %s: API unavailable: %s%s; retrying in %.1fs", spec.kind, said, hint, delay)
         else:
             log.debug("kube %s: still unavailable: %s; retrying in %.1fs", spec.kind, said, delay)
