@@ -135,6 +135,38 @@ def test_announces_and_exits_0_on_eof(tmp_path: Path, argv: Callable[[Path], lis
         exa.close()
 
 
+@pytest.mark.parametrize(
+    ("kubernetes", "says"),
+    [
+        ({"enabled": True, "kubeconfig": "/nonexistent/kubeconfig"}, "No such file"),
+        ({"enabled": True}, "Service host/port is not set"),
+    ],
+    ids=["missing-kubeconfig", "not-in-a-cluster"],
+)
+def test_a_kubernetes_connection_that_cannot_be_built_is_an_api_outage(
+    tmp_path: Path, kubernetes: dict[str, Any], says: str
+) -> None:
+    """The VIPs are announced and stay up; the Service side waits (fail static), logs why and
+    retries; the process neither exits nor crash-loops."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps(config_doc(tmp_path, kubernetes=kubernetes)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
+    exa = FakeExaBgpPipes(speaker_argv(cfg), env=env)
+    try:
+        line = handshake_and_announce(exa)
+        assert line.endswith(f"nlri {VIP}/32"), "the VIP side runs without the API"
+        time.sleep(1.5)  # real process, real time: a crash-looping speaker would be gone by now
+        assert exa.proc.poll() is None, exa.stderr()
+        assert exa.proc.stdin is not None
+        exa.proc.stdin.close()
+        assert exa.proc.wait(timeout=10) == 0
+        err = exa.stderr()
+        assert "API unavailable" in err and says in err, err
+        assert "Traceback" not in err, err
+    finally:
+        exa.close()
+
+
 def test_exits_on_shutdown_notice(tmp_path: Path) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(json.dumps(config_doc(tmp_path)))
