@@ -288,8 +288,13 @@ class KubeBridge:
         if self._recorder is None:
             return
         for source in sources:
-            now = {str(d.address): d for d in table.by_source.get(source, ())}
-            before = {} if first else {str(d.address): d for d in previous.by_source.get(source, ())}  # type: ignore[union-attr]
+            # keyed and shown as the Service wrote each address: two invalid entries are two
+            # refusals (their `address` is the same placeholder), and `::ffff:203.0.113.13` is
+            # shown as written
+            now = {d.written or str(d.address): d for d in table.by_source.get(source, ())}
+            before = (
+                {} if first else {d.written or str(d.address): d for d in previous.by_source.get(source, ())}  # type: ignore[union-attr]
+            )
             _, _, rest = source.partition("/")
             namespace, _, name = rest.partition("/")
             view = state.services.get((namespace, name))
@@ -300,21 +305,22 @@ class KubeBridge:
                 old = before.get(address)
                 if old is not None and (old.announce, old.reason) == (d.announce, d.reason):
                     continue
+                shown = repr(address)[:64] if d.reason is Reason.INVALID_ADDRESS else address
                 if d.announce:
                     if not first:
                         self._recorder.record(
-                            ref, "Normal", "Announced", f"{d.address} announced from node {self._node}"
+                            ref, "Normal", "Announced", f"{shown} announced from node {self._node}"
                         )
                 elif d.reason in self.REFUSALS:
                     self._recorder.record(
-                        ref, "Warning", "Refused", f"{d.address} not announced: {d.reason}: {d.detail}"
+                        ref, "Warning", "Refused", f"{shown} not announced: {d.reason}: {d.detail}"
                     )
                 elif old is not None and old.announce:
                     self._recorder.record(
                         ref,
                         "Normal",
                         "Withdrawn",
-                        f"{d.address} withdrawn from node {self._node}: {d.reason}: {d.detail}",
+                        f"{shown} withdrawn from node {self._node}: {d.reason}: {d.detail}",
                     )
 
 

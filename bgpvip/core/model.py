@@ -107,6 +107,9 @@ class Decision:
     """The route that is (or would be) announced; None when the address is refused outright."""
     interface: str | None = None
     """Interface that holds the address while announced; None when bgpvip does not manage it."""
+    written: str = ""
+    """The address as the Service wrote it (`::ffff:203.0.113.13`, or invalid text), for Events
+    and logs; empty for VIPs. Two refused entries of one Service differ here, not in `address`."""
 
 
 class DecisionTable(Protocol):

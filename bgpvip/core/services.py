@@ -755,21 +755,24 @@ class _Run:
                         reason=Reason.INVALID_ADDRESS,
                         detail=f"{origin} {_shown(raw)} {parsed.why}",
                         source=source,
+                        written=raw,
                     )
                     yield (0, 0), invalid
             elif parsed.text not in seen:
                 seen.add(parsed.text)
-                yield parsed.sort_key, self.address(svc, parsed, origin, external, source)
+                yield parsed.sort_key, self.address(svc, parsed, origin, external, source, raw)
 
-    def address(
-        self, svc: ServiceView, parsed: _Parsed, origin: str, external: bool, source: str
+    def address(  # noqa: PLR0917
+        self, svc: ServiceView, parsed: _Parsed, origin: str, external: bool, source: str, raw: str
     ) -> Decision:
         addr = parsed.address
         assert addr is not None
-        where = f"{origin} {parsed.text}"
+        where = f"{origin} {raw}"  # as the user wrote it: `::ffff:203.0.113.13`, not `::ffff:cb00:710d`
 
         def refuse(reason: Reason, detail: str) -> Decision:
-            return Decision(address=addr, announce=False, reason=reason, detail=detail, source=source)
+            return Decision(
+                address=addr, announce=False, reason=reason, detail=detail, source=source, written=raw
+            )
 
         if addr.version not in self.families:
             return refuse(Reason.FAMILY_NOT_PEERED, f"{where}: no BGP peer carries ipv{addr.version}")
@@ -808,6 +811,7 @@ class _Run:
             detail=_verdict_detail(origin, detail),
             source=source,
             route=route,
+            written=raw,
         )
 
     def result(self) -> tuple[Decision, ...]:
