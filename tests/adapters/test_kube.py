@@ -1122,3 +1122,33 @@ async def test_a_lasting_403_backs_off_and_points_at_rbac(
     assert sleeps[:6] == sorted(sleeps[:6]) and sleeps[5] > 8 * sleeps[0], sleeps
     (line,) = [r.getMessage() for r in caplog.records if "API unavailable" in r.getMessage()]
     assert "HTTP 403 Forbidden: nodes is forbidden" in line and "check the RBAC rules" in line
+
+
+async def test_a_token_file_is_re_read_and_an_expiring_credential_resolved_again(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    now, wall = [0.0], [1000.0]
+    resolved: list[Connection] = []
+
+    async def resolve() -> Connection:
+        conn = Connection(
+            server="https://127.0.0.1:6443", token="first", token_file=str(token_file), expires=5000.0
+        )
+        resolved.append(conn)
+        return conn
+
+    creds = Credentials(resolve, clock=lambda: now[0], wall=lambda: wall[0])
+
+    async def token() -> str:
+        return dict((await creds.get()).headers)["Authorization"]
+
+    assert await token() == "Bearer first"
+    token_file.write_text("second\n")  # the kubelet rotates the projected token
+    now[0] = 59.0
+    assert await token() == "Bearer first", "read once a minute, as the official client does"
+    now[0] = 61.0
+    assert await token() == "Bearer second"
+    assert len(resolved) == 1
+    wall[0] = 5000.0 - 59.0  # within a minute of expiry: resolved again before it runs out
+    await creds.get()
+    assert len(resolved) == 2
