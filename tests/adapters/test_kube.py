@@ -1152,3 +1152,23 @@ async def test_a_token_file_is_re_read_and_an_expiring_credential_resolved_again
     wall[0] = 5000.0 - 59.0  # within a minute of expiry: resolved again before it runs out
     await creds.get()
     assert len(resolved) == 2
+
+
+def test_fake_validates_endpoint_slices_and_clears_a_service_leaving_loadbalancer(api: FakeKubeAPI) -> None:
+    from tests.kubeapi import ApiError as FakeApiError
+
+    no_type = endpoint_slice("web", NODE)
+    del no_type["addressType"]
+    with pytest.raises(FakeApiError, match="addressType: Unsupported value"):
+        api.put("endpointslices", no_type)
+    wrong_family = {**endpoint_slice("web", NODE), "addressType": "IPv6"}
+    with pytest.raises(FakeApiError, match="must be a valid IPv6 address"):
+        api.put("endpointslices", wrong_family)
+    api.misuse.clear()
+    api.put("services", service("web"))
+    left = service("web")
+    left["spec"]["type"] = "NodePort"
+    api.put("services", left)
+    got = api.get("services", "default", "web")
+    assert got is not None and got["status"]["loadBalancer"] == {}
+    assert "loadBalancerClass" not in got["spec"]
