@@ -431,12 +431,6 @@ class Bfd:
         self.last_unmatched = f"from {source[0]}: {discard.reason}"
         log.debug(logs.kv("bfd-discard", source=source[0], reason=discard.reason))
 
-    def _drain(self) -> None:
-        """Read every queued datagram before a timer acts, so a late timer (a loop that was
-        busy) never declares a peer down whose packets are already waiting in the socket."""
-        for receiver in list(self._receivers.values()):
-            self._readable(receiver)
-
     # ------------------------------------------------------------------ the machine
 
     def _run(
@@ -451,7 +445,11 @@ class Bfd:
 
     def _fire(self, entry: _Entry) -> None:
         entry.timer = None
-        self._drain()
+        deadline = entry.session.detect_deadline
+        if deadline is not None and self._loop.time() >= deadline:
+            # A timer that runs late (the loop was busy) must not declare a peer down whose
+            # packets are already waiting in the socket: read them first.
+            self._readable(entry.rx)
         self._run(entry, lambda s, now, rnd: s.tick(now, rnd=rnd))
 
     def _arm(self, entry: _Entry) -> None:

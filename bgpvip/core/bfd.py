@@ -213,6 +213,9 @@ class Session:
         if packet.auth_present:
             return self, (Discard("A bit set, but no authentication is configured"),)
         out: list[Output] = []
+        ends_poll = packet.final and self.polling  # the Final of our Poll Sequence
+        rx_in_use = self.required_min_rx if ends_poll else self.rx_in_use
+        # One `replace` for everything a packet updates: this is the per-packet hot path.
         s = replace(
             self,
             remote_discr=packet.my_discriminator,
@@ -220,18 +223,18 @@ class Session:
             remote_min_rx=packet.required_min_rx,
             remote_desired_min_tx=packet.desired_min_tx,
             remote_detect_mult=packet.detect_mult,
+            polling=self.polling and not ends_poll,
+            poll_settling=ends_poll or (self.poll_settling and packet.final),
+            tx_in_use=self.desired_min_tx if ends_poll else self.tx_in_use,
+            rx_in_use=rx_in_use,
+            last_rx=now,
+            detect_deadline=now + packet.detect_mult * max(rx_in_use, packet.desired_min_tx) / 1e6,
         )
-        if packet.final and s.polling:
-            s = replace(
-                s, polling=False, poll_settling=True, tx_in_use=s.desired_min_tx, rx_in_use=s.required_min_rx
-            )
-        elif not packet.final:
-            s = replace(s, poll_settling=False)
         if s.state == State.ADMIN_DOWN:
             # Discarded for the state machine, but a valid packet from the peer all the same: it
             # keeps the remote discriminator (§6.8.1), so AdminDown packets keep naming the peer.
             out.append(Discard("the local session is AdminDown"))
-            return replace(s, last_rx=now)._settle(self, now, rnd, out)
+            return s._settle(self, now, rnd, out)
         if packet.state == State.ADMIN_DOWN:
             if s.state != State.DOWN:
                 s = s._transition(State.DOWN, Diag.NEIGHBOR_DOWN, now, out)
@@ -247,7 +250,6 @@ class Session:
             s = s._transition(State.DOWN, Diag.NEIGHBOR_DOWN, now, out)
         if packet.poll:
             s = s._send(now, rnd, out, final=True)
-        s = replace(s, last_rx=now)
         return s._settle(self, now, rnd, out)
 
     def admin_down(
@@ -314,12 +316,12 @@ class Session:
         return interval_us * factor / 1e6
 
     def _send(self, now: float, rnd: float, out: list[Output], *, final: bool = False) -> Session:
-        packet = self._packet(poll=self.polling and not final, final=final)
-        out.append(Transmit(packet))
-        s = replace(self, last_sent=replace(packet, poll=False, final=False))
+        contents = self._packet(poll=False, final=False)
+        poll = self.polling and not final
+        out.append(Transmit(replace(contents, poll=poll, final=final) if poll or final else contents))
         if final:  # a Final answers a Poll out of schedule (§6.8.7)
-            return s
-        return replace(s, last_tx=now, next_tx=s._periodic_after(now, rnd))
+            return replace(self, last_sent=contents)
+        return replace(self, last_sent=contents, last_tx=now, next_tx=self._periodic_after(now, rnd))
 
     def _periodic_after(self, last_tx: float, rnd: float) -> float | None:
         if self.remote_min_rx == 0:  # §6.8.7: the peer wants no periodic packets

@@ -250,7 +250,8 @@ class BfdConfig(_Model):
     """BFD with this peer (RFC 5880 asynchronous mode, RFC 5881 single hop, no echo, no
     authentication), run inside bgpvip's speaker. `bfd: {}` enables it with the defaults; leave
     the key out to disable it. The router must run BFD for this host too (docs/bfd.md). The
-    intervals actually used are negotiated: each side sends no faster than the other accepts."""
+    intervals actually used are negotiated: each side sends no faster than the other accepts.
+    Being built: the speaker does not start BFD sessions yet, so this block has no effect."""
 
     transmit_interval_ms: int = Field(default=100, ge=50, le=60000, strict=True)
     """Desired minimum interval between the packets this host sends, in milliseconds. Default

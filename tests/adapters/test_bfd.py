@@ -9,6 +9,7 @@ event loop itself runs in the test's own namespace and serves both.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import itertools
@@ -40,6 +41,7 @@ ADDRESSES = {
     4: (ip_address("10.77.0.1"), ip_address("10.77.0.2")),
     6: (ip_address("fd77::1"), ip_address("fd77::2")),
 }
+LINK_LOCAL = (ip_address("fe80::77:1"), ip_address("fe80::77:2"))
 
 
 def _setns(path: str) -> None:
@@ -100,17 +102,18 @@ def link() -> Iterator[Link]:
         for ns, i in ((made.a, 0), (made.b, 1)):
             ip("-n", ns, "addr", "add", f"{ADDRESSES[4][i]}/24", "dev", "v0")
             ip("-n", ns, "-6", "addr", "add", f"{ADDRESSES[6][i]}/64", "dev", "v0", "nodad")
+            ip("-n", ns, "-6", "addr", "add", f"{LINK_LOCAL[i]}/64", "dev", "v0", "nodad")
             ip("-n", ns, "link", "set", "v0", "up")
         # Static neighbours: address resolution takes real time, which fake time would outrun.
         macs = {ns: _mac(ns) for ns in (made.a, made.b)}
         for ns, other, i in ((made.a, made.b, 1), (made.b, made.a, 0)):
-            for family in (4, 6):
+            for address in (ADDRESSES[4][i], ADDRESSES[6][i], LINK_LOCAL[i]):
                 ip(
                     "-n",
                     ns,
                     "neigh",
                     "replace",
-                    str(ADDRESSES[family][i]),
+                    str(address),
                     "lladdr",
                     macs[other],
                     "dev",
@@ -151,8 +154,6 @@ def make_pair(link: Link, family: int, timers: Timers = FAST) -> Pair:
 
 async def wait_for(condition: object, limit: float) -> float:
     """Poll `condition()` on the loop's (fake) clock; returns the fake seconds it took."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     start = loop.time()
     while not condition():  # type: ignore[operator]
@@ -180,8 +181,6 @@ async def test_two_endpoints_come_up_and_negotiate(link: Link, family: int) -> N
         # ten seconds of steady state: about 10 packets a second each way, and no change
         before = st.packets_out
         pair.seen.clear()
-        import asyncio
-
         await asyncio.sleep(10)
         sent = pair.a.status()[0].packets_out - before
         assert 100 <= sent <= 100 / 0.75 + 1
@@ -194,8 +193,6 @@ async def test_two_endpoints_come_up_and_negotiate(link: Link, family: int) -> N
 @pytest.mark.looptime
 @pytest.mark.parametrize("how", ["peer-stops", "link-down"])
 async def test_a_lost_peer_goes_down_within_the_detection_time(link: Link, how: str) -> None:
-    import asyncio
-
     pair = make_pair(link, 4)
     try:
         await wait_for(lambda: pair.state("a") == pair.state("b") == State.UP, limit=5)
@@ -333,8 +330,6 @@ async def test_admin_down_is_seen_as_a_planned_stop(link: Link) -> None:
             False,
         )
         assert pair.b.status()[0].last_down_failure is False
-        import asyncio
-
         await asyncio.sleep(5)  # it stays down: AdminDown keeps flowing at the slow rate
         assert pair.state("b") == State.DOWN
         pair.a.admin_up()
@@ -442,3 +437,59 @@ async def test_packets_from_strangers_match_no_session(link: Link) -> None:
     finally:
         raw.close()
         a.close()
+
+
+@pytest.mark.looptime
+async def test_ipv6_link_local_peers_on_an_interface(link: Link) -> None:
+    seen: list[Transition] = []
+    with inside(link.a):
+        a = Bfd(on_transition=seen.append)
+        a.add(PeerSpec(peer=LINK_LOCAL[1], local=LINK_LOCAL[0], timers=FAST, interface="v0"))
+    with inside(link.b):
+        b = Bfd()
+        b.add(PeerSpec(peer=LINK_LOCAL[0], local=LINK_LOCAL[1], timers=FAST, interface="v0"))
+    try:
+        await wait_for(lambda: a.status()[0].state == b.status()[0].state == State.UP, limit=5)
+        (st,) = a.status()
+        assert st.interface == "v0" and st.discarded == 0 and a.unmatched == 0
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.looptime
+async def test_a_late_timer_reads_waiting_packets_before_declaring_the_peer_down(link: Link) -> None:
+    """A timer that runs after a stall (it was already due when a callback blocked the loop)
+    must see the packets that arrived meanwhile: the peer is alive, the speaker was late."""
+    import dataclasses
+
+    pair = make_pair(link, 4)
+    try:
+        await wait_for(lambda: pair.state("a") == pair.state("b") == State.UP, limit=5)
+        (sa,), (sb,) = pair.a.status(), pair.b.status()
+        with inside(link.b):
+            raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            raw.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+            alive = ControlPacket(
+                state=State.UP,
+                detect_mult=3,
+                my_discriminator=sb.local_discriminator,
+                your_discriminator=sa.local_discriminator,
+                desired_min_tx=100_000,
+                required_min_rx=100_000,
+            )
+            raw.sendto(encode(alive), (str(pair.a_addr), 3784))  # waits in a's socket
+            # white box: a's timer runs past the detection deadline before the reader did
+            entry = pair.a._entries[(pair.b_addr, None)]
+            loop_now = asyncio.get_running_loop().time()
+            entry.session = dataclasses.replace(entry.session, detect_deadline=loop_now - 0.001)
+            pair.seen.clear()
+            pair.a._fire(entry)
+            assert pair.state("a") == State.UP, pair.seen
+            assert pair.seen == []
+        finally:
+            raw.close()
+    finally:
+        pair.a.close()
+        pair.b.close()
