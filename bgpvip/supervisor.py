@@ -12,7 +12,6 @@ as a reload of its own configuration.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from bgpvip.adapters import exabgp as exa
 from bgpvip.configfile import load_file, read_password
 from bgpvip.core.config import Config, ConfigError
 from bgpvip.core.model import IPAddress
+from bgpvip.preflight import check_run, find_exabgp
 from bgpvip.runfiles import PID_FILE, STOP_MARKER
 
 log = logs.get("run")
@@ -87,16 +87,6 @@ def render(config: Config, config_path: Path, *, speaker: list[str] | None = Non
     )
 
 
-def find_exabgp(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    raise FileNotFoundError(f"cannot find the ExaBGP executable {name!r} in PATH or next to {sys.executable}")
-
-
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -126,7 +116,12 @@ class Supervisor:
         self._stopping = False
 
     def prepare(self) -> list[str]:
-        self.runtime.mkdir(parents=True, exist_ok=True)
+        try:
+            self.runtime.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                [("runtime_dir", f"{self.runtime} cannot be created: {e.strerror or e}")]
+            ) from None
         (self.runtime / STOP_MARKER).unlink(missing_ok=True)
         conf = self.runtime / "exabgp.conf"
         text = render(self.config, self.config_path)
@@ -192,7 +187,7 @@ class Supervisor:
         pid = _read_pid(pidfile)
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.config.shutdown_delay + 15.0
+            deadline = time.monotonic() + max(self.config.shutdown_delay, self.config.release_delay) + 15.0
             # The speaker removes its pid file as the last thing it does.
             while pidfile.exists() and _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -206,6 +201,7 @@ def run_main(config_path: Path) -> int:
     logs.setup(os.environ.get("BGPVIP_LOG_LEVEL", "INFO"))
     try:
         config = load_file(config_path)
+        check_run(config)
         supervisor = Supervisor(config, config_path)
         return supervisor.run()
     except ConfigError as e:

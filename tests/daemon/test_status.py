@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from bgpvip.cli import render_routes_table
 from bgpvip.core.config import load
 from bgpvip.core.desired import NodeState, compute
 from bgpvip.core.model import Applied
@@ -85,3 +86,27 @@ def test_per_reason_gauges_are_computed_when_scraped() -> None:
     assert 'reason="hasEndpoints"} 1.0' in body
     body = board.metrics()[2].decode()
     assert 'reason="hasEndpoints"' not in body
+
+
+@pytest.mark.parametrize(
+    ("vip", "shown"),
+    [({"as_path_prepend": 2}, "prepend=2"), ({"as_path_prepend": 1}, "prepend=1"), ({}, "-")],
+    ids=["two", "one", "none"],
+)
+def test_routes_table_shows_the_configured_prepend_count(vip: dict[str, Any], shown: str) -> None:
+    """The route carries the local AS once more than prepended (ExaBGP sends the whole path);
+    the table shows what the operator configured."""
+    config = load(
+        {
+            "bgp": {"local_as": 65100, "peers": [{"address": "10.0.1.1", "peer_as": 65000}]},
+            "vips": [{"address": "198.51.100.10", "checks": [], **vip}],
+        }
+    )
+    desired = compute(config, {}, NodeState())
+    board = StatusBoard("n1")
+    board.reconciled(World(config=config), desired, Applied(desired.routes, frozenset()), 0.001)
+    (decision,) = board.snapshot()["decisions"]
+    if vip:
+        assert decision["attributes"]["as_path"] == [65100] * (vip["as_path_prepend"] + 1)
+    line = render_routes_table(board.snapshot()).splitlines()[2]
+    assert line.split()[5] == shown
