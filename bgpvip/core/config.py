@@ -318,20 +318,20 @@ class BfdConfig(_Model):
     intervals actually used are negotiated: each side sends no faster than the other accepts.
     Being built: the speaker does not start BFD sessions yet, so this block has no effect."""
 
-    transmit_interval_ms: int = Field(default=100, ge=50, le=60000, strict=True)
+    transmit_interval_ms: _Int = Field(default=100, ge=50, le=60000, strict=True)
     """Desired minimum interval between the packets this host sends, in milliseconds. Default
     100: with `detect_multiplier` 3 the router declares this host down 0.3 s after its last
-    packet, which leaves the router's own route removal inside a 0.4 s failover. Minimum 50, provisional:
+    packet, which leaves the router's own route removal inside a 0.4 s failover. At least 50, provisional:
     the shortest interval the speaker's event loop is expected to keep under load without a
     false Down; it will be replaced by a measured figure. Maximum 60000, as on FRR."""
 
-    receive_interval_ms: int = Field(default=100, ge=50, le=60000, strict=True)
+    receive_interval_ms: _Int = Field(default=100, ge=50, le=60000, strict=True)
     """Required minimum interval between the packets this host accepts from the router, in
-    milliseconds. Default 100, the router-side mirror of `transmit_interval_ms`. Minimum 50,
+    milliseconds. Default 100, the router-side mirror of `transmit_interval_ms`. At least 50,
     provisional for the same reason: a late read on a busy loop would look like a lost router.
     Maximum 60000."""
 
-    detect_multiplier: int = Field(default=3, ge=2, le=255, strict=True)
+    detect_multiplier: _Int = Field(default=3, ge=2, le=255, strict=True)
     """How many of this host's packets in a row the router may miss before it declares the
     session down: the router's detection time is this value times the negotiated interval of
     this host's packets (this host uses the router's multiplier the other way). Default 3, the

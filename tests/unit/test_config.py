@@ -818,6 +818,7 @@ MODEL_PLACES: dict[type[BaseModel], tuple[Any, ...]] = {
     cfg.Config: (),
     cfg.BgpConfig: ("bgp",),
     cfg.PeerConfig: ("bgp", "peers", 0),
+    cfg.BfdConfig: ("bgp", "peers", 0, "bfd"),
     cfg.VipConfig: ("vips", 0),
     cfg.KubeApiserverCheck: ("vips", 0, "checks", 0),
     cfg.HttpCheck: ("vips", 0, "checks", 1),
