@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from bgpvip.core.bfd import Timers
 from bgpvip.core.model import Attributes
 from bgpvip.core.text import clip, quote
 
@@ -310,6 +311,51 @@ Check = Annotated[HttpCheck | KubeApiserverCheck | TcpCheck | ExecCheck, Field(d
 # --------------------------------------------------------------------------- BGP
 
 
+class BfdConfig(_Model):
+    """BFD with this peer (RFC 5880 asynchronous mode, RFC 5881 single hop, no echo, no
+    authentication), run inside bgpvip's speaker. `bfd: {}` enables it with the defaults; leave
+    the key out to disable it. The router must run BFD for this host too (docs/bfd.md). The
+    intervals actually used are negotiated: each side sends no faster than the other accepts.
+    Being built: the speaker does not start BFD sessions yet, so this block has no effect."""
+
+    transmit_interval_ms: _Int = Field(default=100, ge=50, le=60000, strict=True)
+    """Desired minimum interval between the packets this host sends, in milliseconds. Default
+    100: with `detect_multiplier` 3 the router declares this host down 0.3 s after its last
+    packet, which leaves the router's own route removal inside a 0.4 s failover. At least 50, provisional:
+    the shortest interval the speaker's event loop is expected to keep under load without a
+    false Down; it will be replaced by a measured figure. Maximum 60000, as on FRR."""
+
+    receive_interval_ms: _Int = Field(default=100, ge=50, le=60000, strict=True)
+    """Required minimum interval between the packets this host accepts from the router, in
+    milliseconds. Default 100, the router-side mirror of `transmit_interval_ms`. At least 50,
+    provisional for the same reason: a late read on a busy loop would look like a lost router.
+    Maximum 60000."""
+
+    detect_multiplier: _Int = Field(default=3, ge=2, le=255, strict=True)
+    """How many of this host's packets in a row the router may miss before it declares the
+    session down: the router's detection time is this value times the negotiated interval of
+    this host's packets (this host uses the router's multiplier the other way). Default 3, the
+    common choice. At least 2: with 1 a single lost or late packet is a Down (FRR refuses 1
+    too). At most 255, one byte on the wire."""
+
+    def timers(self) -> Timers:
+        """The session timers for the core, in the wire's microseconds."""
+        return Timers(
+            desired_min_tx=self.transmit_interval_ms * 1000,
+            required_min_rx=self.receive_interval_ms * 1000,
+            detect_mult=self.detect_multiplier,
+        )
+
+
+def _bfd_shorthand(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(
+            "use `bfd: {}` to enable BFD with the defaults (or a mapping of settings); "
+            "leave the key out to disable it"
+        )
+    return v
+
+
 class PeerConfig(_Model):
     """One upstream BGP router."""
 
@@ -343,6 +389,9 @@ class PeerConfig(_Model):
     routes of a stopped speaker for this long, which is the opposite of a fast withdrawal."""
     port: _Int = Field(default=179, ge=1, le=65535)
     """The router's BGP port."""
+    bfd: Annotated[BfdConfig | None, BeforeValidator(_bfd_shorthand)] = None
+    """BFD towards this peer, see below. Default off: the router has to be configured for it,
+    and Yamaha RTX has no BFD."""
 
     @field_validator("families")
     @classmethod

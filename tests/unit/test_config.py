@@ -43,6 +43,7 @@ FULL: dict[str, Any] = {
                 "passive": True,
                 "graceful_restart": 120,
                 "port": 1179,
+                "bfd": {"transmit_interval_ms": 200, "receive_interval_ms": 300, "detect_multiplier": 4},
             },
             {"address": "2001:db8::1", "peer_as": 65000, "families": ["ipv6"]},
         ],
@@ -328,6 +329,7 @@ def test_full_config_loads_every_field() -> None:
         ("ipv4",),
     )
     assert (p.passive, p.graceful_restart, p.port) == (True, 120, 1179)
+    assert p.bfd is not None and (p.bfd.transmit_interval_ms, p.bfd.detect_multiplier) == (200, 4)
     assert c.bgp.peers[1].label == "2001:db8::1"
     v = c.vips[0]
     assert (v.label, v.interface, v.require, v.priority) == ("kube-api", "dummy0", "any", 200)
@@ -816,6 +818,7 @@ MODEL_PLACES: dict[type[BaseModel], tuple[Any, ...]] = {
     cfg.Config: (),
     cfg.BgpConfig: ("bgp",),
     cfg.PeerConfig: ("bgp", "peers", 0),
+    cfg.BfdConfig: ("bgp", "peers", 0, "bfd"),
     cfg.VipConfig: ("vips", 0),
     cfg.KubeApiserverCheck: ("vips", 0, "checks", 0),
     cfg.HttpCheck: ("vips", 0, "checks", 1),
