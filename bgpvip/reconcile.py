@@ -20,7 +20,14 @@ from bgpvip import logs
 from bgpvip.core import health as healthmod
 from bgpvip.core import plan
 from bgpvip.core.config import CheckKey, Config, host_prefix
-from bgpvip.core.desired import HELD_SOURCE, NodeState, check_keys, compute, held_service_routes
+from bgpvip.core.desired import (
+    HELD_SOURCE,
+    NodeState,
+    announced_as_penalised,
+    check_keys,
+    compute,
+    held_service_routes,
+)
 from bgpvip.core.model import (
     Action,
     AddAddress,
@@ -128,12 +135,16 @@ class World:
 
 
 def seed_health(config: Config, announced: Iterable[Route], now: float) -> dict[CheckKey, healthmod.Health]:
-    """Initial health: checks of a VIP whose route ExaBGP already carries start UP."""
-    prefixes = {r.prefix for r in announced}
+    """Initial health: checks of a VIP whose route ExaBGP already carries start UP, except the
+    `lower-preference` checks of a route carried with a penalty: they start over, so that the
+    route stays penalised until they pass instead of claiming full preference for a moment."""
+    routes = {r.prefix: r for r in announced}
     seeded: dict[CheckKey, healthmod.Health] = {}
     for vip in config.vips:
-        up = host_prefix(vip) in prefixes
-        for key in check_keys(vip):
+        route = routes.get(host_prefix(vip))
+        penalised = route is not None and announced_as_penalised(config, vip, route)
+        for key, check in zip(check_keys(vip), vip.checks, strict=True):
+            up = route is not None and not (penalised and check.on_failure != "withdraw")
             seeded[key] = healthmod.initial(assume_up=up, now=now)
     return seeded
 

@@ -30,6 +30,7 @@ from bgpvip.core.model import (
     IPAddress,
     IPInterface,
     ProbeResult,
+    Reason,
     Route,
     UnitFailure,
     overridden,
@@ -91,6 +92,12 @@ class StatusBoard:
         )
         self.m_vip_announced = Gauge(
             "bgpvip_vip_announced", "1 while the VIP's route is announced", ["vip", "address"], registry=r
+        )
+        self.m_vip_degraded = Gauge(
+            "bgpvip_vip_degraded",
+            "1 while the VIP's route is announced with lower preference (a lower-preference check fails)",
+            ["vip", "address"],
+            registry=r,
         )
         self.m_check_up = Gauge(
             "bgpvip_check_up", "1 while the check counts as up", ["vip", "check"], registry=r
@@ -197,9 +204,9 @@ class StatusBoard:
         )
         for d in desired.own:
             is_announced = d.announce and d.route is not None and d.route.key in announced
-            self.m_vip_announced.labels(d.source.split("/", 1)[1], str(d.address)).set(
-                1 if is_announced else 0
-            )
+            labels = (d.source.split("/", 1)[1], str(d.address))
+            self.m_vip_announced.labels(*labels).set(1 if is_announced else 0)
+            self.m_vip_degraded.labels(*labels).set(1 if is_announced and d.reason == Reason.DEGRADED else 0)
         for peer, st in world.peers.items():
             self.m_peer_up.labels(peer).set(1 if st.state == "up" else 0)
 
@@ -314,6 +321,7 @@ class StatusBoard:
                             "vip": vip.label,
                             "index": key.index,
                             "type": check.type,
+                            "on_failure": check.on_failure,
                             "state": h.state.value,
                             "up": h.up,
                             "last": h.last.detail if h.last else None,

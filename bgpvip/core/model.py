@@ -68,6 +68,8 @@ class Reason(enum.StrEnum):
     """Why a VIP or Service IP is announced, or why it is not."""
 
     HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    """Announced, with lower preference: a `lower-preference` check is not up."""
     CHECK_FAILING = "checkFailing"
     CHECK_PENDING = "checkPending"
     KEPT_FROM_PREVIOUS = "keptFromPrevious"
