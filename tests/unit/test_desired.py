@@ -182,6 +182,7 @@ SOFT_CASES = [
     ("as-path-mode-healthy",    {"priority": 250, "priority_attribute": "as-path"}, {"checks": [TCP, SOFT]}, {KEY: UP, KEY1: UP},   NodeState(), True, Reason.HEALTHY,  "2/2 checks up",                                               None, 4),
     ("prepend-only-no-med",     {}, {"checks": [TCP, {**SOFT, "prepend_penalty": 1}]}, {KEY: UP, KEY1: DOWN}, NodeState(), True, Reason.DEGRADED,  "(1 AS-path prepend)",                                                    None, 1),
     ("both-penalties",          {}, {"as_path_prepend": 1, "checks": [{**SOFT, "med_penalty": 5, "prepend_penalty": 2}]}, {KEY: DOWN}, NodeState(), True, Reason.DEGRADED, "(MED +5, 2 AS-path prepends)",                    5,    3),
+    ("http-label",              {}, {"checks": [{"type": "http", "url": "https://127.0.0.1:8443/healthz?full"}, SOFT]}, {KEY: DOWN, KEY1: UP}, NodeState(), False, Reason.CHECK_FAILING, "checks[0] (http /healthz?full): HTTP 500", 0, 0),
     ("kube-apiserver-labels",   {}, {"checks": [KUBE_HARD, KUBE_SOFT]}, {KEY: UP, KEY1: DOWN},            NodeState(), True,  Reason.DEGRADED,      "checks[1] (kube-apiserver /readyz): HTTP 500",                           1000, 0),
     ("kube-apiserver-hard-label", {}, {"checks": [KUBE_HARD, KUBE_SOFT]}, {KEY: DOWN, KEY1: DOWN},        NodeState(), False, Reason.CHECK_FAILING, "checks[0] (kube-apiserver /readyz?exclude=etcd&exclude=etcd-readiness): HTTP 500", 1000, 0),
 ]
