@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import typing
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -1131,3 +1133,19 @@ def test_every_number_has_an_upper_bound(model: type[BaseModel], name: str) -> N
     """No number reaches ExaBGP, a timer or the kernel unbounded (overflow, or a timeout of
     years that is clearly a mistake)."""
     assert _upper_bound(model, name) is not None
+
+
+def test_the_etcd_tolerant_config_of_the_control_plane_guide_loads() -> None:
+    """docs/control-plane-vip.md's ready-to-paste checks load and ask what the guide says."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "control-plane-vip.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "lower-preference" in b]
+    c = load(with_(MINIMAL, **yaml.safe_load(block)))
+    hard, soft = c.vips[0].checks
+    assert isinstance(hard, cfg.KubeApiserverCheck) and isinstance(soft, cfg.KubeApiserverCheck)
+    assert hard.as_http().url == "https://127.0.0.1:6443/readyz?exclude=etcd&exclude=etcd-readiness"
+    assert (hard.on_failure, soft.on_failure, soft.as_http().url) == (
+        "withdraw",
+        "lower-preference",
+        "https://127.0.0.1:6443/readyz",
+    )
+    assert cfg.failure_penalty(c, soft) == cfg.Penalty(med=1000)
