@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote as url_quote
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -288,6 +289,7 @@ class KubeApiserverCheck(_CheckTiming):
     def _client(self) -> KubeApiserverCheck:
         _client_pair(self.client_cert, self.client_key)
         return self
+
     exclude: tuple[str, ...] = ()
     """Named checks of `path` for kube-apiserver to leave out, sent as `exclude=NAME` query
     parameters (documented in Kubernetes' "API health endpoints" reference). `[etcd,
@@ -328,7 +330,7 @@ class KubeApiserverCheck(_CheckTiming):
         """The path and query asked for: `path` with one `exclude=NAME` per excluded check."""
         if not self.exclude:
             return self.path
-        query = "&".join(f"exclude={quote(name, safe='/')}" for name in self.exclude)
+        query = "&".join(f"exclude={url_quote(name, safe='/')}" for name in self.exclude)
         return f"{self.path}{'&' if '?' in self.path else '?'}{query}"
 
     def as_http(self) -> HttpCheck:
