@@ -209,9 +209,12 @@ class ApiClients:
         """Connections reset while r1's next hops changed during their lifetime: hash-threshold
         ECMP re-cuts the flow space at every change, and a flow moved to another node mid-way
         is answered with a reset by it (docs/performance.md, "Established connections across
-        next-hop changes"). Not a failure of the route itself, so counted apart."""
+        next-hop changes"). Under TLS such a flow can also end as an unexpected EOF. Not a failure of
+        the route itself, so counted apart."""
         slack = self.timeout + 2 * watch.period
-        return [(t, w) for t, w in self.failed if w == "reset" and watch.changed_between(t, t + slack)]
+        return [
+            (t, w) for t, w in self.failed if w in ("reset", "eof") and watch.changed_between(t, t + slack)
+        ]
 
     def other_failures(self, watch: RouteWatch) -> list[tuple[float, str]]:
         rehashed = self.rehashed(watch)
@@ -225,6 +228,10 @@ def describe(e: BaseException) -> str:
         return "refused"
     if isinstance(e, ConnectionResetError):
         return "reset"
+    if isinstance(e, ssl.SSLEOFError):
+        # the connection ended under the TLS handshake or the answer (a remapped flow's segments
+        # reach a node that has no such connection), not a certificate or protocol problem
+        return "eof"
     if isinstance(e, ssl.SSLError):
         return f"TLS {e.reason}"
     if isinstance(e, OSError) and e.errno is not None:
