@@ -89,7 +89,11 @@ def shown(board: StatusBoard) -> tuple[str, str, Any]:
 async def test_a_failing_checks_new_error_replaces_the_old_one() -> None:
     async with loop() as (rec, board):
         await probe(rec, False, MISSING_CA)
-        assert shown(board) == ("checkFailing", f"checks[0] (kube-apiserver /readyz): {MISSING_CA}", MISSING_CA)
+        assert shown(board) == (
+            "checkFailing",
+            f"checks[0] (kube-apiserver /readyz): {MISSING_CA}",
+            MISSING_CA,
+        )
         await probe(rec, False, "HTTP 403")  # kubeadm wrote the CA; the apiserver is starting
         assert shown(board) == ("checkFailing", "checks[0] (kube-apiserver /readyz): HTTP 403", "HTTP 403")
         await probe(rec, False, "HTTP 500")
