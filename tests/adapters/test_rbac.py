@@ -12,8 +12,8 @@ import yaml
 
 from bgpvip.adapters.kube import EventRecorder, KubeClient, KubeWatcher, ObjectRef
 from bgpvip.controller import Controller, ControllerOptions
-from tests.adapters.test_controller import CONFIG, LEASE, eventually, ingress, service
 from tests.adapters.test_kube import endpoint_slice, node, until
+from tests.controller.test_controller import CONFIG, LEASE, eventually, ingress, service
 from tests.kubeapi import FakeKubeAPI
 
 K8S = Path(__file__).resolve().parents[2] / "k8s"

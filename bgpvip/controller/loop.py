@@ -1,14 +1,13 @@
-"""The LoadBalancer IP allocation controller (`bgpvip controller`): composition root and loop.
+"""The controller's one loop: the only holder of state and the only writer of Service statuses.
 
-I/O side. One asyncio loop owns all state and is the only writer of Service statuses. Tasks on
-the same loop feed it small values: the leader elector (`_Leading`) and the Service watcher (its
-`KubeEvent`s, tagged with the leadership term so that a stopped watcher's late events are
-dropped); status writes are requests the loop awaits. Every decision is the pure core's:
-`bgpvip.core.alloc.allocate` over every Service, statuses included, after each batch of events
-and on a resync timer (level-triggered).
+I/O side. Tasks on the same asyncio loop feed it small values: the leader elector's changes
+(`_Leading`) and the Service watcher's `KubeEvent`s, tagged with the leadership term so that a
+stopped watcher's late events are dropped; status writes are requests the loop awaits. Every
+decision is the pure core's: `bgpvip.core.alloc.allocate` over every Service, statuses included,
+after each batch of events and on a resync timer (level-triggered).
 
 Policies:
-- Only the leader writes, and each write checks `LeaderElector.is_leader` just before it is sent.
+- Only the leader writes, and each write checks `Leadership.is_leader` just before it is sent.
   A follower makes no API request but its Lease reads.
 - On becoming the leader: list every Service, allocate for all (addresses already in statuses
   first, so a takeover or a restart moves nothing), write what differs, then follow the watch.
@@ -23,31 +22,26 @@ Policies:
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any, Protocol
 
 from bgpvip import logs
 from bgpvip.adapters.kube import (
     AllocationWatcher,
     ApiError,
-    Credentials,
     EventRecorder,
     KubeClient,
     KubeError,
-    LeaderElector,
     ObjectRef,
     describe,
     patch_service_status,
 )
 from bgpvip.configfile import file_stamp, load_file
+from bgpvip.controller.metrics import ControllerMetrics, ControllerStats
+from bgpvip.controller.options import ControllerOptions
 from bgpvip.core.alloc import Allocation, Allocations, AllocReason, AllocService, Outcome, allocate
 from bgpvip.core.config import Config, ConfigError
 from bgpvip.core.services import (
@@ -59,54 +53,18 @@ from bgpvip.core.services import (
     KubeUpsert,
     takes_service,
 )
-from bgpvip.status import HttpServer, json_body, metrics_body, text
 
 log = logs.get("controller")
 
-NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-DEFAULT_NAMESPACE = "bgpvip-system"
-DEFAULT_PORT = 9475
-_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+class Leadership(Protocol):
+    """What the loop asks of leader election (`LeaderElector`)."""
 
-@dataclass(frozen=True, kw_only=True)
-class ControllerOptions:
-    identity: str
-    """This replica's name in the Lease: the pod name, so `kubectl get lease` shows who leads."""
-    namespace: str = DEFAULT_NAMESPACE
-    """Namespace of the Lease: the controller's own, where its Role allows Lease writes."""
-    lease_name: str = "bgpvip-controller"
-    lease_duration: float = 15.0
-    """Seconds a follower waits, after the Lease last changed, before taking over. Default 15
-    (client-go's): a dead leader's Services wait at most this long for new addresses, while
-    existing addresses are unaffected, since they live in the statuses."""
-    renew_interval: float = 5.0
-    """Seconds between renewals: three chances per lease duration."""
-    renew_deadline: float = 10.0
-    """A leader that could not renew for this long stops writing, 5 s before a follower may start."""
-    retry_period: float = 2.0
-    """Seconds between a follower's Lease reads, and between a leader's retries of a failed renew."""
-    resync_interval: float = 60.0
-    """Seconds between full re-allocations without any event. Everything is level-triggered; this
-    only catches what a lost event would otherwise leave undone."""
-    write_workers: int = 4
-    """Status writes in flight at once: enough to write many fresh Services quickly without being
-    a burden on the apiserver."""
-    write_timeout: float = 10.0
-    retry_initial: float = 0.5
-    """First backoff after a failed status write; doubles per failure up to `retry_max`, and
-    starts over after a success."""
-    retry_max: float = 30.0
-    config_poll: float = 5.0
-    """Seconds between checks of the config file: a ConfigMap update takes effect without a restart."""
-    listen: str = "127.0.0.1"
-    """Address of /healthz, /metrics and /status. Default loopback: the endpoint is unauthenticated."""
-    port: int = DEFAULT_PORT
-    """0 picks a free port (tests)."""
-    watcher: Mapping[str, Any] = field(default_factory=dict)
-    """Extra `AllocationWatcher` settings (backoffs in tests)."""
-    elector: Mapping[str, Any] = field(default_factory=dict)
-    """Extra `LeaderElector` settings (a clock in tests)."""
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def holder(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,88 +102,8 @@ class _Write:
         return [ip for ip in self.svc.ingress_ips if ip not in self.target]
 
 
-@dataclass
-class ControllerStats:
-    reconciles: int = 0
-    writes: int = 0
-    """Status writes the API accepted."""
-    conflicts: int = 0
-    failures: int = 0
-    last_allocation_seconds: float = 0.0
-
-
-class ControllerMetrics:
-    """What `/metrics` serves. Pool figures are only known to the leader: a follower clears them."""
-
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.leader = Gauge(
-            "bgpvip_controller_is_leader", "1 while this replica holds the lease and allocates", registry=r
-        )
-        self.pool_size = Gauge(
-            "bgpvip_pool_addresses", "Addresses in the pool", ["pool", "family"], registry=r
-        )
-        self.pool_used = Gauge(
-            "bgpvip_pool_addresses_used",
-            "Addresses of the pool assigned to at least one Service",
-            ["pool", "family"],
-            registry=r,
-        )
-        self.pool_allocations = Gauge(
-            "bgpvip_pool_allocations",
-            "Services holding an address of the pool",
-            ["pool", "family"],
-            registry=r,
-        )
-        self.refused = Gauge(
-            "bgpvip_allocation_refusals",
-            "Services currently refused an address, by reason",
-            ["reason"],
-            registry=r,
-        )
-        self.services = Gauge(
-            "bgpvip_controller_services", "Services of bgpvip's class, by outcome", ["outcome"], registry=r
-        )
-        self.writes = Counter("bgpvip_status_writes", "Status writes by result", ["result"], registry=r)
-        self.allocation_seconds = Histogram(
-            "bgpvip_allocation_duration_seconds",
-            "Time to allocate for all Services",
-            buckets=_BUCKETS,
-            registry=r,
-        )
-        self.config_reloads = Counter(
-            "bgpvip_config_reloads", "Config reloads by result", ["result"], registry=r
-        )
-
-    def observe(self, result: Allocations, seconds: float) -> None:
-        self.allocation_seconds.observe(seconds)
-        for u in result.usage:
-            labels = (u.pool, f"ipv{u.family}")
-            self.pool_size.labels(*labels).set(u.size)
-            self.pool_used.labels(*labels).set(u.used)
-            self.pool_allocations.labels(*labels).set(u.services)
-        reasons: dict[str, int] = {}
-        outcomes = {o.value: 0 for o in (Outcome.ASSIGNED, Outcome.REFUSED)}
-        for a in result.by_service.values():
-            if a.outcome is Outcome.REFUSED:
-                reasons[a.reason.value] = reasons.get(a.reason.value, 0) + 1
-            if a.outcome is not Outcome.NOT_OURS:
-                outcomes[a.outcome.value] += 1
-        self.refused.clear()
-        for reason, n in reasons.items():
-            self.refused.labels(reason).set(n)
-        for outcome, n in outcomes.items():
-            self.services.labels(outcome).set(n)
-
-    def follower(self) -> None:
-        self.leader.set(0)
-        for g in (self.pool_size, self.pool_used, self.pool_allocations, self.refused, self.services):
-            g.clear()
-
-
-class Controller:
-    """The allocation controller. `await run()` until `stop()`; safe to run two in one process
-    (tests) as long as they have different identities."""
+class AllocationLoop:
+    """The loop. `await run()` until `stop()`; `leadership_changed` is the elector's callback."""
 
     def __init__(
         self,
@@ -233,31 +111,19 @@ class Controller:
         client: KubeClient,
         options: ControllerOptions,
         *,
+        leadership: Leadership,
+        recorder: EventRecorder,
+        metrics: ControllerMetrics,
         config_path: Path | None = None,
-        recorder: EventRecorder | None = None,
     ) -> None:
         self.config = config
         self.client = client
         self.options = options
         self.config_path = config_path
-        self.recorder = recorder or EventRecorder(
-            client, component="bgpvip-controller", host=options.identity, adopt_other_hosts=True
-        )
-        self.metrics = ControllerMetrics()
+        self.leadership = leadership
+        self.recorder = recorder
+        self.metrics = metrics
         self.stats = ControllerStats()
-        self.elector = LeaderElector(
-            client,
-            namespace=options.namespace,
-            name=options.lease_name,
-            identity=options.identity,
-            lease_duration=options.lease_duration,
-            renew_interval=options.renew_interval,
-            renew_deadline=options.renew_deadline,
-            retry_period=options.retry_period,
-            on_change=lambda leading: self._post(_Leading(leading)),
-            **options.elector,
-        )
-        self.port = options.port
         self.result = Allocations()
         """The last allocation (the leader's)."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -290,46 +156,24 @@ class Controller:
         """This replica is the leader as far as the loop knows (the writes also check the Lease)."""
         return self._leading
 
+    def leadership_changed(self, leading: bool) -> None:
+        self._post(_Leading(leading))
+
     def stop(self, *, release: bool = True) -> None:
-        """Stop `run()`. `release=False` leaves the Lease to expire, as a crash would."""
+        """End `run()`; it returns `release` (whether the Lease is to be released)."""
         self._post(_Stop(release))
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """The loop, until `stop()`. Returns whether the Lease is to be released."""
         self._loop = asyncio.get_running_loop()
-        server = HttpServer(
-            {
-                "/healthz": lambda: text(*self.healthy()),
-                "/metrics": lambda: metrics_body(self.metrics.registry),
-                "/status": lambda: json_body(self.status()),
-            },
-            self.options.listen,
-            self.options.port,
-            name="controller",
-        )
-        await server.start()
-        self.port = server.port
-        log.info(
-            logs.kv(
-                "controller-started",
-                identity=self.options.identity,
-                lease=f"{self.options.namespace}/{self.options.lease_name}",
-                listen=f"{self.options.listen}:{self.port}",
-                pools=len(self.config.pools),
-            )
-        )
-        self.recorder.start()
-        self.elector.start()
-        release = True
         try:
-            release = await self._main()
+            return await self._main()
         finally:
-            await server.close()
             await self._end_term()
-            await self.elector.stop(release=release)
-            self.metrics.follower()
-            await asyncio.gather(*self._stopping, return_exceptions=True)
-            await self.recorder.stop()
-            log.info(logs.kv("controller-stopped", identity=self.options.identity, released=release))
+
+    async def wait_stopped(self) -> None:
+        """Wait for the watchers of ended terms to finish."""
+        await asyncio.gather(*self._stopping, return_exceptions=True)
 
     # ----------------------------------------------------------------- the loop
 
@@ -422,7 +266,9 @@ class Controller:
             self._stopping = [t for t in self._stopping if not t.done()]
             self._stopping.append(watcher)
         if was:
-            log.info(logs.kv("following", identity=self.options.identity, holder=self.elector.holder or None))
+            log.info(
+                logs.kv("following", identity=self.options.identity, holder=self.leadership.holder or None)
+            )
 
     def _watched(self, event: KubeEvent) -> None:
         if isinstance(event, KubeSynced):
@@ -467,8 +313,8 @@ class Controller:
     def _matters(self, old: AllocService | None, new: AllocService | None) -> bool:
         """Whether a change can change any allocation. Most do not: the echo of our own status
         write (already applied from the write's response), and changes to Services that are not
-        LoadBalancers of our class and hold no address. At 10,000 Services an allocation run
-        costs about 0.2 s, so skipping these matters."""
+        LoadBalancers of our class and hold no address. An allocation run over every Service is
+        the loop's largest cost, so skipping these matters."""
         if old == new:
             return False
         return any(
@@ -657,7 +503,7 @@ class Controller:
 
     async def _patch(self, w: _Write) -> AllocService:
         """Fenced by the Lease, then the merge patch."""
-        if not self.elector.is_leader:
+        if not self.leadership.is_leader:
             raise _NotLeader
         return await patch_service_status(
             self.client,
@@ -712,7 +558,7 @@ class Controller:
             self.recorder.record(ref, "Normal", "IPReleased", f"Released {', '.join(removed)}: {why}")
             log.info(logs.kv("released", service=name, ips=",".join(removed), why=a.reason.value))
 
-    # ----------------------------------------------------------------- HTTP
+    # ----------------------------------------------------------------- what /status shows
 
     def status(self) -> dict[str, Any]:
         refused = [
@@ -723,7 +569,7 @@ class Controller:
         return {
             "identity": self.options.identity,
             "leader": self._leading,
-            "holder": self.elector.holder,
+            "holder": self.leadership.holder,
             "synced": self._synced,
             "api_unavailable": self._unavailable or None,
             "services": len(self._services),
@@ -749,61 +595,6 @@ class Controller:
             "refused": refused if self._leading else [],
         }
 
-    def healthy(self) -> tuple[bool, str]:
-        """Alive as long as this loop answers and the elector task runs; the API being away is
-        not a reason to be restarted (fail static), so it is not checked here."""
-        if not self.elector.alive:
-            return False, "leader election is not running"
-        return True, f"ok {'leader' if self._leading else 'follower'}"
-
 
 class _NotLeader(Exception):
     """The Lease was lost between the decision and the write."""
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def default_namespace() -> str:
-    """The pod's namespace (from its ServiceAccount), else bgpvip-system."""
-    try:
-        return NAMESPACE_FILE.read_text().strip() or DEFAULT_NAMESPACE
-    except OSError:
-        return DEFAULT_NAMESPACE
-
-
-def default_identity() -> str:
-    """$POD_NAME (the Deployment sets it from the downward API), else the host name."""
-    return os.environ.get("POD_NAME") or socket.gethostname()
-
-
-def controller_main(config_path: Path, options: ControllerOptions, *, echo: Callable[[str], None]) -> int:
-    """Run until SIGTERM/SIGINT. 0 after a clean stop, 2 for an unusable config or API client."""
-    logs.setup(os.environ.get("BGPVIP_LOG_LEVEL", "INFO"))
-    try:
-        config = load_file(config_path, check_files=False)
-    except ConfigError as e:
-        echo(f"{config_path}: invalid")
-        for path, msg in e.problems:
-            echo(f"  {path}: {msg}" if path else f"  {msg}")
-        return 2
-    credentials = Credentials.for_config(config.kubernetes)
-
-    async def main() -> int:
-        try:
-            await credentials.get()
-        except KubeError as e:
-            echo(f"cannot reach the Kubernetes API: {e}; outside a cluster, set kubernetes.kubeconfig")
-            return 2
-        client = KubeClient(credentials)
-        controller = Controller(config, client, options, config_path=config_path)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, controller.stop)
-        try:
-            await controller.run()
-        finally:
-            await client.aclose()
-        return 0
-
-    return asyncio.run(main())
