@@ -12,8 +12,9 @@ Policies:
 - On becoming the leader: list every Service, allocate for all (addresses already in statuses
   first, so a takeover or a restart moves nothing), write what differs, then follow the watch.
 - Each write carries the resourceVersion its decision was made on: a 409 means the Service
-  changed, and the watch brings it for a new decision. An address is written to a Service only
-  once no other Service's status still shows it (releases go first).
+  changed, and the watch brings it for a new decision. The writes go in the core's order
+  (`bgpvip.core.alloc_order`): an address is written to a Service only once no other Service's
+  status still shows it (releases go first).
 - API unreachable: nothing is written or released (fail static). The elector steps down after its
   renew deadline and campaigns again; the watcher lists afresh when the API is back.
 - A bad Service gets a Warning Event and no address; the others are served.
@@ -43,6 +44,7 @@ from bgpvip.configfile import file_stamp, load_file
 from bgpvip.controller.metrics import ControllerMetrics, ControllerStats
 from bgpvip.controller.options import ControllerOptions
 from bgpvip.core.alloc import Allocation, Allocations, AllocReason, AllocService, Outcome, allocate
+from bgpvip.core.alloc_order import WriteOrder
 from bgpvip.core.config import Config, ConfigError
 from bgpvip.core.services import (
     Key,
@@ -92,14 +94,6 @@ class _Write:
     @property
     def key(self) -> Key:
         return self.svc.key
-
-    @property
-    def added(self) -> set[str]:
-        return set(self.target) - set(self.svc.ingress_ips)
-
-    @property
-    def removed(self) -> list[str]:
-        return [ip for ip in self.svc.ingress_ips if ip not in self.target]
 
 
 class AllocationLoop:
@@ -360,11 +354,14 @@ class AllocationLoop:
         self._last_reconcile = time.time()
         self.metrics.observe(result, seconds)
         now = self._loop.time()
-        writes: list[_Write] = []
+        intended: dict[Key, tuple[str, ...]] = {}
+        due: list[Key] = []
         for key, a in result.by_service.items():
             svc = self._services[key]
             self._explain(svc, a)
             target = a.status_ips
+            if target is not None:
+                intended[key] = target
             if target is None or target == svc.ingress_ips:
                 self._retry_at.pop(key, None)
                 continue
@@ -372,17 +369,14 @@ class AllocationLoop:
                 continue
             # due now: a write that fails again sets a new time
             self._retry_at.pop(key, None)
-            writes.append(_Write(svc, a, target))
+            due.append(key)
         for key in [k for k in self._explained if k not in self._services]:
             del self._explained[key]
         for key in [k for k in self._failures if k not in self._services]:
             self._failures.pop(key, None)
             self._retry_at.pop(key, None)
-        if writes:
-            # what every Service is to show, written now or not (a write waiting for its retry
-            # timer still releases its old address: nobody else may be given it meanwhile)
-            intended = {k: a.status_ips for k, a in result.by_service.items() if a.status_ips is not None}
-            await self._write_in_order(writes, intended)
+        if due:
+            await self._write_in_order(result, intended, due)
 
     def _explain(self, svc: AllocService, a: Allocation) -> None:
         """A Warning Event when a Service is refused, or refused for another reason."""
@@ -399,65 +393,31 @@ class AllocationLoop:
         )
 
     async def _write_in_order(
-        self, writes: list[_Write], intended: Mapping[Key, tuple[str, ...]] | None = None
+        self, result: Allocations, intended: Mapping[Key, tuple[str, ...]], due: list[Key]
     ) -> None:
-        """Write statuses so that no address appears in two statuses it may not share: a write
-        that adds an address waits until every other status showing it has been written without
-        it. A cycle (two Services swapping addresses) is broken by first writing the removals
-        alone. `intended` is what each Service is to show, including Services whose own write
-        is not due yet (a failed write waiting to be retried)."""
-        status = {key: set(svc.ingress_ips) for key, svc in self._services.items()}
-        target = {k: set(ips) for k, ips in (intended or {}).items()}
-        target.update((w.key, set(w.target)) for w in writes)
-        holders: dict[str, set[Key]] = {}
-        for key, ips in status.items():
-            for ip in ips:
-                holders.setdefault(ip, set()).add(key)
-
-        def blocked(w: _Write) -> bool:
-            return any(
-                k != w.key and ip not in target.get(k, status[k])
-                for ip in w.added
-                for k in holders.get(ip, ())
+        """The due writes, in the order `WriteOrder` gives (releases first, cycles broken), each
+        round's writes at once. `intended` holds every Service's target, due or not: a write
+        waiting for its retry still releases what it gives up."""
+        services = dict(self._services)
+        order = WriteOrder({k: v.ingress_ips for k, v in services.items()}, intended, due)
+        while batch := order.next():
+            done = await asyncio.gather(
+                *(self._write(_Write(services[w.key], result.by_service[w.key], w.ips)) for w in batch)
             )
-
-        pending = {w.key: w for w in writes}
-        broke_cycle = False
-        while pending:
-            ready = [w for w in pending.values() if not blocked(w)]
-            if ready:
-                for w in ready:
-                    del pending[w.key]
-            elif broke_cycle:
-                break
-            else:
-                broke_cycle = True
-                ready = [
-                    _Write(w.svc, w.allocation, tuple(ip for ip in w.svc.ingress_ips if ip in w.target))
-                    for w in pending.values()
-                    if w.removed
-                ]
-                if not ready:
-                    break
-            done = await asyncio.gather(*(self._write(w) for w in ready))
-            for w, written in zip(ready, done, strict=True):
+            for w, written in zip(batch, done, strict=True):
                 if written is None:
-                    continue
-                for ip in status[w.key] - set(written.ingress_ips):
-                    holders.get(ip, set()).discard(w.key)
-                for ip in written.ingress_ips:
-                    holders.setdefault(ip, set()).add(w.key)
-                status[w.key] = set(written.ingress_ips)
-                if w.key in pending:
-                    pending[w.key].svc = written
+                    order.failed(w.key)
+                else:
+                    services[w.key] = written
+                    order.written(w.key, written.ingress_ips)
         assert self._loop is not None
-        for w in pending.values():
+        for key in order.waiting:
             # not a failure: it waits for a release; a timer, so the loop does not spin meanwhile
-            self._retry_at[w.key] = self._loop.time() + self.options.retry_initial
+            self._retry_at[key] = self._loop.time() + self.options.retry_initial
             log.info(
                 logs.kv(
                     "write-deferred",
-                    service=f"{w.svc.namespace}/{w.svc.name}",
+                    service=f"{key[0]}/{key[1]}",
                     why="an address it gets is not yet released",
                 )
             )
