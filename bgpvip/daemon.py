@@ -30,7 +30,8 @@ from bgpvip.configfile import file_stamp, load_file
 from bgpvip.core import services as svc
 from bgpvip.core.config import CheckKey, Config, ConfigError
 from bgpvip.core.desired import NodeState, check_keys
-from bgpvip.core.model import Applied, ProbeResult, Reason, Route
+from bgpvip.core.event_policy import SERVICE_REFUSALS, speaker_events
+from bgpvip.core.model import Applied, ProbeResult, Route
 from bgpvip.reconcile import (
     ConfigChanged,
     DrainChanged,
@@ -131,19 +132,10 @@ class KubeBridge:
     (fail static); an API outage leaves the state, and so the routes, as they are.
 
     Events on Services record announcements, withdrawals and refusals when a decision
-    changes, but not for the first table: a speaker start is not news about 10,000 Services
-    (it would be 10,000 API writes per node), so refusals are recorded then and the rest is
-    summarised in the log."""
+    changes, as the core's policy says (`bgpvip.core.event_policy`): for the first table only
+    the refusals, and the rest is summarised in the log."""
 
-    REFUSALS = frozenset(
-        {
-            Reason.NOT_IN_POOL,
-            Reason.POOL_NOT_ALLOWED,
-            Reason.EXTERNAL_IP_NOT_ALLOWED,
-            Reason.INVALID_ADDRESS,
-            Reason.FAMILY_NOT_PEERED,
-        }
-    )
+    REFUSALS = SERVICE_REFUSALS
 
     def __init__(self, rec: Reconciler, node: str) -> None:
         self._rec = rec
@@ -288,40 +280,15 @@ class KubeBridge:
         if self._recorder is None:
             return
         for source in sources:
-            # keyed and shown as the Service wrote each address: two invalid entries are two
-            # refusals (their `address` is the same placeholder), and `::ffff:203.0.113.13` is
-            # shown as written
-            now = {d.written or str(d.address): d for d in table.by_source.get(source, ())}
-            before = (
-                {} if first else {d.written or str(d.address): d for d in previous.by_source.get(source, ())}  # type: ignore[union-attr]
-            )
             _, _, rest = source.partition("/")
             namespace, _, name = rest.partition("/")
             view = state.services.get((namespace, name))
             if view is None:
                 continue
             ref = kube.ObjectRef.service(view)
-            for address, d in now.items():
-                old = before.get(address)
-                if old is not None and (old.announce, old.reason) == (d.announce, d.reason):
-                    continue
-                shown = repr(address)[:64] if d.reason is Reason.INVALID_ADDRESS else address
-                if d.announce:
-                    if not first:
-                        self._recorder.record(
-                            ref, "Normal", "Announced", f"{shown} announced from node {self._node}"
-                        )
-                elif d.reason in self.REFUSALS:
-                    self._recorder.record(
-                        ref, "Warning", "Refused", f"{shown} not announced: {d.reason}: {d.detail}"
-                    )
-                elif old is not None and old.announce:
-                    self._recorder.record(
-                        ref,
-                        "Normal",
-                        "Withdrawn",
-                        f"{shown} withdrawn from node {self._node}: {d.reason}: {d.detail}",
-                    )
+            before = None if previous is None else previous.by_source.get(source, ())
+            for e in speaker_events(before, table.by_source.get(source, ()), node=self._node):
+                self._recorder.record(ref, e.type, e.reason, e.message)
 
 
 class RoutesViaExaBgp:

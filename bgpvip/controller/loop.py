@@ -17,7 +17,9 @@ Policies:
   status still shows it (releases go first).
 - API unreachable: nothing is written or released (fail static). The elector steps down after its
   renew deadline and campaigns again; the watcher lists afresh when the API is back.
-- A bad Service gets a Warning Event and no address; the others are served.
+- A bad Service gets a Warning Event and no address; the others are served. Which Events a
+  decision or a write is worth is the core's policy (`bgpvip.core.event_policy`), shared with
+  the speaker.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ from bgpvip.adapters.kube import (
 from bgpvip.configfile import file_stamp, load_file
 from bgpvip.controller.metrics import ControllerMetrics, ControllerStats
 from bgpvip.controller.options import ControllerOptions
-from bgpvip.core.alloc import Allocation, Allocations, AllocReason, AllocService, Outcome, allocate
+from bgpvip.core.alloc import Allocation, Allocations, AllocService, Outcome, allocate
 from bgpvip.core.alloc_order import WriteOrder
 from bgpvip.core.config import Config, ConfigError
+from bgpvip.core.event_policy import refusal_events, status_events
 from bgpvip.core.services import (
     Key,
     KubeDelete,
@@ -136,7 +139,8 @@ class AllocationLoop:
         in order), and would undo what we just wrote if applied."""
         self._failures: dict[Key, int] = {}
         self._retry_at: dict[Key, float] = {}
-        self._explained: dict[Key, tuple[str, AllocReason, str]] = {}
+        self._decided: dict[Key, tuple[str, Allocation]] = {}
+        """Key → (uid, the last allocation): what the Event policy compares a new one with."""
         self._resync_at = 0.0
         self._config_at = 0.0
         self._config_stamp = file_stamp(config_path)
@@ -370,8 +374,8 @@ class AllocationLoop:
             # due now: a write that fails again sets a new time
             self._retry_at.pop(key, None)
             due.append(key)
-        for key in [k for k in self._explained if k not in self._services]:
-            del self._explained[key]
+        for key in [k for k in self._decided if k not in self._services]:
+            del self._decided[key]
         for key in [k for k in self._failures if k not in self._services]:
             self._failures.pop(key, None)
             self._retry_at.pop(key, None)
@@ -379,18 +383,18 @@ class AllocationLoop:
             await self._write_in_order(result, intended, due)
 
     def _explain(self, svc: AllocService, a: Allocation) -> None:
-        """A Warning Event when a Service is refused, or refused for another reason."""
-        if a.outcome is not Outcome.REFUSED:
-            self._explained.pop(svc.key, None)
-            return
-        seen = (svc.uid, a.reason, a.message)
-        if self._explained.get(svc.key) == seen:
-            return
-        self._explained[svc.key] = seen
-        self.recorder.record(ObjectRef.service(svc), "Warning", a.reason.event_reason, a.message)
-        log.info(
-            logs.kv("refused", service=f"{svc.namespace}/{svc.name}", reason=a.reason.value, detail=a.message)
-        )
+        """Events for a decision (the core's policy): a Warning when a Service is refused, or
+        refused for another reason. The previous decision counts only for the same object."""
+        seen = self._decided.get(svc.key)
+        before = seen[1] if seen is not None and seen[0] == svc.uid else None
+        self._decided[svc.key] = (svc.uid, a)
+        for e in refusal_events(before, a):
+            self.recorder.record(ObjectRef.service(svc), e.type, e.reason, e.message)
+            log.info(
+                logs.kv(
+                    "refused", service=f"{svc.namespace}/{svc.name}", reason=a.reason.value, detail=a.message
+                )
+            )
 
     async def _write_in_order(
         self, result: Allocations, intended: Mapping[Key, tuple[str, ...]], due: list[Key]
@@ -492,30 +496,16 @@ class AllocationLoop:
         )
 
     def _announce(self, w: _Write, written: AllocService) -> None:
-        """Normal Events and a log line for what a successful write changed."""
+        """Normal Events (the core's policy) and a log line for what a successful write changed."""
         svc, a = w.svc, w.allocation
-        before = set(svc.ingress_ips)
-        added = [ip for ip in written.ingress_ips if ip not in before]
-        removed = [ip for ip in svc.ingress_ips if ip not in written.ingress_ips]
         name = f"{svc.namespace}/{svc.name}"
-        ref = ObjectRef.service(written)
-        if added and a.assigned:
-            message = f"Assigned {a.message}"
-            if removed:
-                message += f"; released {', '.join(removed)}"
-            self.recorder.record(ref, "Normal", "IPAllocated", message)
-            log.info(
-                logs.kv(
-                    "allocated",
-                    service=name,
-                    ips=",".join(written.ingress_ips),
-                    released=",".join(removed) or None,
-                )
-            )
+        for e in status_events(svc.ingress_ips, written.ingress_ips, a):
+            self.recorder.record(ObjectRef.service(written), e.type, e.reason, e.message)
+        removed = [ip for ip in svc.ingress_ips if ip not in written.ingress_ips]
+        if any(ip not in svc.ingress_ips for ip in written.ingress_ips):
+            ips = ",".join(written.ingress_ips)
+            log.info(logs.kv("allocated", service=name, ips=ips, released=",".join(removed) or None))
         elif removed:
-            # assigned, yet only removing: the first step of a move whose target was still held
-            why = f"moving to {a.message}" if a.assigned else a.message
-            self.recorder.record(ref, "Normal", "IPReleased", f"Released {', '.join(removed)}: {why}")
             log.info(logs.kv("released", service=name, ips=",".join(removed), why=a.reason.value))
 
     # ----------------------------------------------------------------- what /status shows
