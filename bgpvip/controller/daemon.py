@@ -22,7 +22,7 @@ from bgpvip.adapters.kube import Credentials, EventRecorder, KubeClient, KubeErr
 from bgpvip.configfile import load_file
 from bgpvip.controller.loop import AllocationLoop
 from bgpvip.controller.metrics import ControllerMetrics, ControllerStats
-from bgpvip.controller.options import DEFAULT_NAMESPACE, ControllerOptions
+from bgpvip.controller.options import DEFAULT_NAMESPACE, REAL_TIME, Clock, ControllerOptions
 from bgpvip.core.config import Config, ConfigError
 from bgpvip.status import HttpServer, json_body, metrics_body, text
 
@@ -43,10 +43,16 @@ class Controller:
         *,
         config_path: Path | None = None,
         recorder: EventRecorder | None = None,
+        clock: Clock = REAL_TIME,
     ) -> None:
         self.options = options
         self.recorder = recorder or EventRecorder(
-            client, component="bgpvip-controller", host=options.identity, adopt_other_hosts=True
+            client,
+            component="bgpvip-controller",
+            host=options.identity,
+            adopt_other_hosts=True,
+            clock=clock.now,
+            wall=clock.wall,
         )
         self.metrics = ControllerMetrics()
         self.elector = LeaderElector(
@@ -59,7 +65,9 @@ class Controller:
             renew_deadline=options.renew_deadline,
             retry_period=options.retry_period,
             on_change=self._leadership_changed,
-            **options.elector,
+            clock=clock.now,
+            wall=clock.wall,
+            sleep=clock.sleep,
         )
         self.loop = AllocationLoop(
             config,
@@ -69,6 +77,7 @@ class Controller:
             recorder=self.recorder,
             metrics=self.metrics,
             config_path=config_path,
+            clock=clock,
         )
         self.port = options.port
 

@@ -44,7 +44,7 @@ from bgpvip.adapters.kube import (
 )
 from bgpvip.configfile import file_stamp, load_file
 from bgpvip.controller.metrics import ControllerMetrics, ControllerStats
-from bgpvip.controller.options import ControllerOptions
+from bgpvip.controller.options import REAL_TIME, Clock, ControllerOptions
 from bgpvip.core.alloc import Allocation, Allocations, AllocService, Outcome, allocate
 from bgpvip.core.alloc_order import WriteOrder
 from bgpvip.core.config import Config, ConfigError
@@ -112,6 +112,7 @@ class AllocationLoop:
         recorder: EventRecorder,
         metrics: ControllerMetrics,
         config_path: Path | None = None,
+        clock: Clock = REAL_TIME,
     ) -> None:
         self.config = config
         self.client = client
@@ -120,10 +121,10 @@ class AllocationLoop:
         self.leadership = leadership
         self.recorder = recorder
         self.metrics = metrics
+        self.clock = clock
         self.stats = ControllerStats()
         self.result = Allocations()
         """The last allocation (the leader's)."""
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._leading = False
         self._term = 0
@@ -163,7 +164,6 @@ class AllocationLoop:
 
     async def run(self) -> bool:
         """The loop, until `stop()`. Returns whether the Lease is to be released."""
-        self._loop = asyncio.get_running_loop()
         try:
             return await self._main()
         finally:
@@ -179,19 +179,11 @@ class AllocationLoop:
         self._queue.put_nowait(item)
 
     async def _main(self) -> bool:
-        assert self._loop is not None
-        self._resync_at = self._loop.time() + self.options.resync_interval
-        self._config_at = self._loop.time() + self.options.config_poll
+        now = self.clock.now()
+        self._resync_at = now + self.options.resync_interval
+        self._config_at = now + self.options.config_poll
         while True:
-            timeout = max(0.0, self._next_wake() - self._loop.time())
-            items: list[object] = []
-            try:
-                items.append(await asyncio.wait_for(self._queue.get(), timeout))
-            except TimeoutError:
-                pass
-            while not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            for item in items:
+            for item in await self._next_items():
                 if isinstance(item, _Stop):
                     return item.release
                 await self._apply(item)
@@ -203,7 +195,27 @@ class AllocationLoop:
                 except Exception:
                     # A bug must not end allocation for everyone: log it, try again on the timer.
                     log.exception(logs.kv("reconcile-failed"))
-                    self._resync_at = min(self._resync_at, self._loop.time() + self.options.retry_max)
+                    self._resync_at = min(self._resync_at, self.clock.now() + self.options.retry_max)
+
+    async def _next_items(self) -> list[object]:
+        """Everything queued; when nothing is, the first item to come, or nothing once the next
+        timer is due."""
+        items: list[object] = []
+        timeout = self._next_wake() - self.clock.now()
+        if self._queue.empty() and timeout > 0:
+            get = asyncio.ensure_future(self._queue.get())
+            nap = asyncio.ensure_future(self.clock.sleep(timeout))
+            try:
+                await asyncio.wait((get, nap), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # an item that came meanwhile stays queued: a cancelled get() takes nothing
+                nap.cancel()
+                get.cancel()
+            if get.done() and not get.cancelled():
+                items.append(get.result())
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
 
     def _next_wake(self) -> float:
         wake = [self._resync_at, self._config_at]
@@ -212,8 +224,7 @@ class AllocationLoop:
         return min(wake)
 
     def _timers(self) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
+        now = self.clock.now()
         if now >= self._config_at:
             self._config_at = now + self.options.config_poll
             self._reload_config()
@@ -244,6 +255,8 @@ class AllocationLoop:
             self.client,
             emit=lambda e: self._post(_Watched(term, e)),
             watch_timeout=self.config.kubernetes.watch_timeout,
+            sleep=self.clock.sleep,
+            clock=self.clock.now,
             **self.options.watcher,
         )
         self._watcher = asyncio.create_task(watcher.run(), name=f"allocation-watch-{term}")
@@ -348,16 +361,15 @@ class AllocationLoop:
     # ----------------------------------------------------------------- reconcile
 
     async def _reconcile(self) -> None:
-        assert self._loop is not None
         started = time.perf_counter()
         result = allocate(self.config, self._services.values())
         seconds = time.perf_counter() - started
         self.result = result
         self.stats.reconciles += 1
         self.stats.last_allocation_seconds = seconds
-        self._last_reconcile = time.time()
+        self._last_reconcile = self.clock.wall()
         self.metrics.observe(result, seconds)
-        now = self._loop.time()
+        now = self.clock.now()
         intended: dict[Key, tuple[str, ...]] = {}
         due: list[Key] = []
         for key, a in result.by_service.items():
@@ -414,10 +426,9 @@ class AllocationLoop:
                 else:
                     services[w.key] = written
                     order.written(w.key, written.ingress_ips)
-        assert self._loop is not None
         for key in order.waiting:
             # not a failure: it waits for a release; a timer, so the loop does not spin meanwhile
-            self._retry_at[key] = self._loop.time() + self.options.retry_initial
+            self._retry_at[key] = self.clock.now() + self.options.retry_initial
             log.info(
                 logs.kv(
                     "write-deferred",
@@ -428,7 +439,6 @@ class AllocationLoop:
 
     async def _write(self, w: _Write) -> AllocService | None:
         """One status write (at most `write_workers` at once); the written Service, or None."""
-        assert self._loop is not None
         svc, term = w.svc, self._term
         try:
             async with self._writers:
@@ -439,7 +449,7 @@ class AllocationLoop:
                 # retry only matters if that event is lost.
                 self.stats.conflicts += 1
                 self.metrics.writes.labels("conflict").inc()
-                self._retry_at[w.key] = self._loop.time() + self.options.retry_initial
+                self._retry_at[w.key] = self.clock.now() + self.options.retry_initial
                 log.debug(logs.kv("write-conflict", service=f"{svc.namespace}/{svc.name}"))
                 return None
             if e.status == 404:
@@ -479,13 +489,12 @@ class AllocationLoop:
         )
 
     def _write_failed(self, w: _Write, error: str) -> None:
-        assert self._loop is not None
         self.stats.failures += 1
         self.metrics.writes.labels("error").inc()
         n = self._failures.get(w.key, 0) + 1
         self._failures[w.key] = n
         delay = min(self.options.retry_max, self.options.retry_initial * 2 ** (n - 1))
-        self._retry_at[w.key] = self._loop.time() + delay
+        self._retry_at[w.key] = self.clock.now() + delay
         log.warning(
             logs.kv(
                 "write-failed",

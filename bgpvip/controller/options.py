@@ -1,11 +1,14 @@
-"""The controller's settings (`bgpvip controller`'s flags), with the reason for each default.
+"""The controller's settings (`bgpvip controller`'s flags), with the reason for each default, and
+the clock it runs on.
 
 Values only; no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,5 +52,20 @@ class ControllerOptions:
     """0 picks a free port (tests)."""
     watcher: Mapping[str, Any] = field(default_factory=dict)
     """Extra `AllocationWatcher` settings (backoffs in tests)."""
-    elector: Mapping[str, Any] = field(default_factory=dict)
-    """Extra `LeaderElector` settings (a clock in tests)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Time as the controller reads it. The loop's timers, the leader elector, the watcher's
+    backoffs and the Event recorder all take it from here, so that tests run the whole
+    controller on fake time. Request timeouts are not on it: they guard against a hung
+    connection, whatever the clock says."""
+
+    now: Callable[[], float] = time.monotonic
+    """Seconds, monotonic: timers, lease expiry, rate limits."""
+    wall: Callable[[], float] = time.time
+    """Seconds since the epoch: the timestamps written to Leases and Events."""
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+
+
+REAL_TIME = Clock()
