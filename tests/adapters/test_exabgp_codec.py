@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from bgpvip.adapters.exabgp import codec
 from bgpvip.adapters.exabgp.codec import (
     Ack,
+    Negotiated,
     NeighborEvent,
     NeighborStatus,
-    Negotiated,
     Notification,
     Shutdown,
     Unknown,
