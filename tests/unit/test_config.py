@@ -41,6 +41,8 @@ FULL: dict[str, Any] = {
                 "passive": True,
                 "graceful_restart": 120,
                 "port": 1179,
+                "listen": False,
+                "route_refresh": False,
             },
             {"address": "2001:db8::1", "peer_as": 65000, "families": ["ipv6"]},
         ],
@@ -188,6 +190,8 @@ DEFAULTS = [
     ("peer.passive", lambda c: c.bgp.peers[0].passive, False),
     ("peer.graceful_restart", lambda c: c.bgp.peers[0].graceful_restart, None),
     ("peer.port", lambda c: c.bgp.peers[0].port, 179),
+    ("peer.listen", lambda c: c.bgp.peers[0].listen, "auto"),
+    ("peer.route_refresh", lambda c: c.bgp.peers[0].route_refresh, True),
     ("kubernetes.enabled", lambda c: c.kubernetes.enabled, False),
     ("kubernetes.kubeconfig", lambda c: c.kubernetes.kubeconfig, None),
     ("kubernetes.load_balancer_class", lambda c: c.kubernetes.load_balancer_class, "bgpvip.io/bgp"),
@@ -322,6 +326,7 @@ def test_full_config_loads_every_field() -> None:
         ("ipv4",),
     )
     assert (p.passive, p.graceful_restart, p.port) == (True, 120, 1179)
+    assert (p.listen, p.route_refresh) == (False, False)
     assert c.bgp.peers[1].label == "2001:db8::1"
     v = c.vips[0]
     assert (v.label, v.interface, v.require, v.priority) == ("kube-api", "dummy0", "any", 200)

@@ -32,11 +32,12 @@ from bgpvip.adapters.exabgp.codec import (
     parse_neighbors,
     validate_line,
 )
-from bgpvip.adapters.exabgp.render import PROCESS_NAME, exabgp_environment, render_config
+from bgpvip.adapters.exabgp.render import BGP_PORT, PROCESS_NAME, exabgp_environment, render_config
 from bgpvip.adapters.exabgp.session import ExaBgpClosed, ExaBgpError, ExaBgpSession, ExaBgpTimeout
 
 __all__ = [
     "ADJ_RIB_OUT_COMMAND",
+    "BGP_PORT",
     "DEFAULT_BATCH_SIZE",
     "NEIGHBORS_COMMAND",
     "PROCESS_NAME",
