@@ -24,17 +24,22 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from bgpvip import logs, memory
+from bgpvip.adapters import bgpconnect, kube, netlink, probes
 from bgpvip.adapters import exabgp as exa
-from bgpvip.adapters import kube, netlink, probes
-from bgpvip.configfile import file_stamp, load_file
+from bgpvip.configfile import file_stamp, load_file, read_password
 from bgpvip.core import services as svc
-from bgpvip.core.config import CheckKey, Config, ConfigError
+from bgpvip.core.config import CheckKey, Config, ConfigError, PeerConfig
 from bgpvip.core.desired import NodeState, check_keys
 from bgpvip.core.model import Applied, ProbeResult, Reason, Route
+from bgpvip.core.peers import PeerStatus, explain_connect
 from bgpvip.reconcile import (
     ConfigChanged,
     DrainChanged,
     PeerChanged,
+    PeerNegotiated,
+    PeerNotification,
+    PeerProbed,
+    PeersRead,
     ProbeDone,
     Reconciler,
     Resync,
@@ -53,6 +58,13 @@ log = logs.get("daemon")
 CRASH_PAUSE = 13.0
 DRAIN_POLL = 0.2
 CONFIG_POLL = 2.0
+# A session down this long gets a TCP connection test of its own (ExaBGP does not tell a
+# refused connection from a closed one, and says nothing of one that never completes);
+# repeated with these gaps while it stays down.
+DIAGNOSE_AFTER = 2.0
+DIAGNOSE_GAPS = (5.0, 10.0, 30.0)
+DIAGNOSE_WAIT = 5.0
+CEASE_WAIT = 2.0
 
 
 class ExaBgpGone(Exception):
@@ -389,6 +401,10 @@ class Speaker:
         except Exception as e:
             log.warning(logs.kv("adj-rib-out-failed", error=e))
             existing = set()
+        # ExaBGP knew the sessions before this speaker started (a respawn): ask it
+        neighbors = await self._until_gone(session, read_neighbors(session))
+        if neighbors is not None:
+            session.neighbors = exa.neighbors_by_family(neighbors)
         addresses = netlink.AddressManager(state_dir=config.runtime_dir)
         try:
             owned = addresses.owned()
@@ -416,6 +432,8 @@ class Speaker:
             # freed; give them back so resident memory follows the live data (bgpvip/memory.py)
             on_idle=memory.release_if_worth_it,
         )
+        if neighbors is not None:
+            rec.post(peers_read(neighbors))
         if stopping:
             # `bgpvip run` is stopping ExaBGP and a respawned helper must not announce again.
             rec.post(StopRequested("stop marker present"))
@@ -444,7 +462,8 @@ class Speaker:
         background = [
             asyncio.create_task(self._pump_exabgp(session, rec), name="exabgp events"),
             asyncio.create_task(self._watch_drain(rec), name="drain"),
-            asyncio.create_task(self._resync_timer(rec), name="resync"),
+            asyncio.create_task(self._resync_timer(rec, session), name="resync"),
+            asyncio.create_task(self._diagnose_peers(rec), name="diagnose"),
             asyncio.create_task(self._watch_config(rec, probe_mgr, board, reload_now), name="config"),
         ]
         bridge: KubeBridge | None = None
@@ -463,6 +482,8 @@ class Speaker:
                 if exc is not None:
                     raise exc
             if main in done:
+                if (runtime / STOP_MARKER).exists():
+                    await self._cease(session, rec)
                 log.info(logs.kv("exit", code=0))
                 return 0
             raise RuntimeError(f"task ended unexpectedly: {[t.get_name() for t in done]}")
@@ -491,10 +512,16 @@ class Speaker:
                 if parent in done:
                     raise ExaBgpGone("parent process changed")
                 ev = get.result()
-                if isinstance(ev, exa.NeighborEvent) and rec is not None:
-                    rec.post(PeerChanged(ev.peer, ev.state, ev.reason))
-                elif isinstance(ev, exa.Shutdown | exa.Eof):
+                if isinstance(ev, exa.Shutdown | exa.Eof):
                     raise ExaBgpGone(type(ev).__name__.lower())
+                if rec is None:
+                    continue
+                if isinstance(ev, exa.NeighborEvent):
+                    rec.post(PeerChanged(ev.peer, ev.state, ev.reason))
+                elif isinstance(ev, exa.Negotiated):
+                    rec.post(PeerNegotiated(ev.peer, ev.families))
+                elif isinstance(ev, exa.Notification):
+                    rec.post(PeerNotification(ev.peer, ev.direction, ev.code, ev.subcode, ev.text))
         finally:
             parent.cancel()
             if get is not None:
@@ -509,10 +536,68 @@ class Speaker:
                 drained = now
                 rec.post(DrainChanged(now))
 
-    async def _resync_timer(self, rec: Reconciler) -> None:
+    async def _resync_timer(self, rec: Reconciler, session: exa.ExaBgpSession) -> None:
         while True:
             await asyncio.sleep(rec.world.config.resync_interval)
+            neighbors = await read_neighbors(session)
+            if neighbors is not None:
+                if session.neighbors is None:
+                    session.neighbors = exa.neighbors_by_family(neighbors)
+                rec.post(peers_read(neighbors))
             rec.post(Resync())
+
+    async def _diagnose_peers(self, rec: Reconciler) -> None:
+        """A TCP connection test for every session down longer than DIAGNOSE_AFTER, repeated
+        with growing gaps while it stays down; the answer shows as the peer's reason."""
+        due: dict[str, float] = {}
+        gaps: dict[str, int] = {}
+        baseline = bgpconnect.md5_drops()
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            tests = []
+            for peer in rec.world.config.bgp.peers:
+                key = str(peer.address)
+                st = rec.world.peers.get(key, PeerStatus())
+                if st.state != "down":
+                    due.pop(key, None)
+                    gaps.pop(key, None)
+                    continue
+                if now < due.setdefault(key, st.since + DIAGNOSE_AFTER):
+                    continue
+                step = gaps.get(key, 0)
+                due[key] = now + DIAGNOSE_GAPS[min(step, len(DIAGNOSE_GAPS) - 1)]
+                gaps[key] = step + 1
+                tests.append(self._diagnose(rec, peer, baseline))
+            if tests:
+                await asyncio.gather(*tests)
+                baseline = bgpconnect.md5_drops()
+
+    async def _diagnose(self, rec: Reconciler, peer: PeerConfig, baseline: int) -> None:
+        try:
+            password = read_password(peer.password_file) if peer.password_file else None
+            local = peer.local_address or netlink.local_address_for(peer.address)
+        except Exception as e:
+            rec.post(PeerProbed(str(peer.address), f"cannot test the connection: {e}"))
+            return
+        result = await bgpconnect.connect_test(
+            peer.address, peer.port, local=local, password=password, wait=DIAGNOSE_WAIT, md5_baseline=baseline
+        )
+        rec.post(
+            PeerProbed(str(peer.address), explain_connect(result, port=peer.port, md5=password is not None))
+        )
+
+    async def _cease(self, session: exa.ExaBgpSession, rec: Reconciler) -> None:
+        """`bgpvip run` is stopping ExaBGP: close the sessions with Cease (Administrative
+        Shutdown), not by dropping TCP, so routers take the next session from this host at
+        once (GoBGP holds a peer idle for seconds after a silent close)."""
+        established = sorted(peer for peer, st in rec.world.peers.items() if st.up)
+        try:
+            ok = await session.cease_and_shutdown(established, wait=CEASE_WAIT)
+        except exa.ExaBgpError as e:
+            log.warning(logs.kv("cease-failed", error=e))
+            return
+        log.info(logs.kv("cease", peers=",".join(established) or None, notified=ok))
 
     async def _watch_config(
         self, rec: Reconciler, probe_mgr: ProbeManager, board: StatusBoard, reload_now: asyncio.Event
@@ -555,6 +640,21 @@ class Speaker:
             probe_mgr.update(config)
             if self.bridge is not None:
                 self.bridge.config_changed()
+
+
+async def read_neighbors(session: exa.ExaBgpSession) -> tuple[exa.NeighborStatus, ...] | None:
+    """ExaBGP's `show neighbor`, or None (logged) when it cannot be had."""
+    try:
+        return await session.neighbor_status()
+    except exa.ExaBgpClosed:
+        return None
+    except Exception as e:
+        log.warning(logs.kv("show-neighbor-failed", error=e))
+        return None
+
+
+def peers_read(neighbors: tuple[exa.NeighborStatus, ...]) -> PeersRead:
+    return PeersRead(tuple((n.peer, n.established, n.negotiated) for n in neighbors))
 
 
 def speaker_main(config_path: str | os.PathLike[str]) -> NoReturn:

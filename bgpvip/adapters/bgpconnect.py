@@ -1,0 +1,89 @@
+"""A TCP connection test to a router's BGP port, for a session that is down.
+
+I/O side. ExaBGP reports a refused connection as `connected` then `down`, and a connection
+that never completes (a wrong MD5 password: the router's kernel drops every segment) not at
+all. So the speaker asks the kernel itself: one connection from the session's local address,
+signed with the same MD5 password, closed as soon as it is made (before any BGP message).
+The answer is the errno (`core.peers.explain_connect` puts it in words), plus how many
+segments this host's kernel dropped for MD5 meanwhile (the router's own connection attempts,
+when ExaBGP listens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import struct
+import time
+from pathlib import Path
+
+from bgpvip.core.model import IPAddress
+from bgpvip.core.peers import ConnectResult
+
+TCP_MD5SIG = 14
+"""linux/tcp.h; Python's socket module does not export it."""
+_MD5_KEY_MAX = 80
+_MD5_COUNTERS = ("TCPMD5NotFound", "TCPMD5Unexpected", "TCPMD5Failure")
+
+
+def md5_sockopt(peer: IPAddress, password: str) -> bytes:
+    """struct tcp_md5sig for `peer`: a sockaddr_storage, two pad bytes, the key length, four
+    pad bytes, the key (linux/tcp.h)."""
+    key = password.encode("ascii")
+    if not 1 <= len(key) <= _MD5_KEY_MAX:
+        raise ValueError(f"an MD5 password is 1-{_MD5_KEY_MAX} bytes")
+    if peer.version == 4:
+        address = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 0) + peer.packed
+    else:
+        address = struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", 0, 0) + peer.packed + b"\0" * 4
+    return address.ljust(128, b"\0") + struct.pack("=xxH4x", len(key)) + key.ljust(_MD5_KEY_MAX, b"\0")
+
+
+def md5_drops(netstat: Path = Path("/proc/net/netstat")) -> int:
+    """TCP segments this network namespace dropped for a missing, unexpected or wrong MD5
+    signature since boot; 0 when the counters cannot be read."""
+    try:
+        lines = netstat.read_text().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return sum(int(table.get(name, "0")) for name in _MD5_COUNTERS)
+    return 0
+
+
+async def connect_test(
+    peer: IPAddress,
+    port: int,
+    *,
+    local: IPAddress | None,
+    password: str | None,
+    wait: float,
+    md5_baseline: int | None = None,
+) -> ConnectResult:
+    """Connect from `local` to `peer`:`port` (with the MD5 password, if any) and close at
+    once. Never raises for a network failure: the errno name is the result. MD5 drops are
+    counted from `md5_baseline` (an earlier `md5_drops()`), or over the test itself."""
+    family = socket.AF_INET6 if peer.version == 6 else socket.AF_INET
+    drops_before = md5_drops() if md5_baseline is None else md5_baseline
+    started = time.monotonic()
+    error = ""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if password is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_MD5SIG, md5_sockopt(peer, password))
+        if local is not None:
+            sock.bind((str(local), 0))
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (str(peer), port)), wait)
+    except TimeoutError:
+        error = "ETIMEDOUT"
+    except OSError as e:
+        error = errno.errorcode.get(e.errno or 0, str(e))
+    finally:
+        sock.close()
+    return ConnectResult(
+        error=error, seconds=time.monotonic() - started, md5_drops=max(0, md5_drops() - drops_before)
+    )
