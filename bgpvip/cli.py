@@ -52,26 +52,52 @@ def main() -> None:
 @main.command("check-config")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @config_option
-@click.option("--no-files", is_flag=True, help="Do not check that referenced files (CA, passwords) exist.")
+@click.option(
+    "--no-files",
+    is_flag=True,
+    help="Validate the file alone: do not check what it needs on this host (CA, client "
+    "certificates, password files, the kubeconfig or in-cluster ServiceAccount, runtime_dir, "
+    "the ExaBGP executable). For checking a config on another machine.",
+)
 def check_config(file: Path | None, config_path: Path, no_files: bool) -> None:
     """Validate a configuration file: print OK, or every error with the field it concerns.
 
     Exits 0 when the file is valid and 1 otherwise. Run it before starting ExaBGP
     (systemd ExecStartPre=, an init container): ExaBGP gives up on a helper that dies
     five times in about a minute.
+
+    Besides the file itself it checks, on this host, what the config needs: referenced files
+    exist, are regular files of sane size and load (CA bundles and client certificates as the
+    probe loads them), the kubeconfig has its current context, cluster and user (or the
+    in-cluster ServiceAccount is mounted), runtime_dir can be a directory, and the ExaBGP
+    executable exists. A kube-apiserver check's CA or client certificate that does not exist
+    yet is a note, not an error: `kubeadm init` writes the CA after bgpvip starts.
     """
     from bgpvip.configfile import load_file
     from bgpvip.core.config import ConfigError
+    from bgpvip.core.text import clip
 
     path = file or config_path
+    notes: list[tuple[str, str]] = []
     try:
-        cfg = load_file(path, check_files=not no_files)
+        cfg = load_file(path, check_files=False)
+        if not no_files:
+            from bgpvip.preflight import check_host
+
+            problems, notes = check_host(cfg)
+            if problems:
+                raise ConfigError(problems)
     except ConfigError as e:
         click.echo(f"{path}: invalid", err=True)
         for field, msg in e.problems:
             click.echo(f"  {field}: {msg}" if field else f"  {msg}", err=True)
         sys.exit(1)
+    except Exception as e:  # never a traceback: a check that could not run is a failed check
+        click.echo(f"{path}: cannot be checked: {type(e).__name__}: {clip(str(e), 200)}", err=True)
+        sys.exit(1)
     click.echo(f"{path}: OK ({len(cfg.vips)} VIPs, {len(cfg.bgp.peers)} peers, {len(cfg.pools)} pools)")
+    for field, msg in notes:
+        click.echo(f"  note: {field}: {msg}")
 
 
 @main.command("exabgp-config")
@@ -107,8 +133,9 @@ def run(config_path: Path) -> None:
     """Render the ExaBGP configuration and run ExaBGP with bgpvip as its API process.
 
     One command for systemd and containers. Stops in order on SIGTERM: withdraw every route,
-    wait `shutdown_delay`, remove the addresses, then stop ExaBGP. Exits 2 on an invalid config
-    before ExaBGP starts.
+    wait `shutdown_delay`, remove the addresses, then stop ExaBGP. Exits 2 before ExaBGP starts
+    on an invalid config, or when runtime_dir or the ExaBGP executable is unusable (the same
+    messages as `bgpvip check-config`).
     """
     from bgpvip.supervisor import run_main
 
@@ -177,7 +204,9 @@ def _attrs(a: dict[str, Any] | None) -> str:
     parts = []
     for key, label in (("med", "med"), ("local_preference", "lp"), ("as_path", "prepend")):
         if key in a:
-            value = len(a[key]) if key == "as_path" else a[key]
+            # the path holds the local AS once more than it is prepended: ExaBGP sends the
+            # `as-path` attribute as the whole path (see core.config.route_attributes)
+            value = len(a[key]) - 1 if key == "as_path" else a[key]
             parts.append(f"{label}={value}")
     if a.get("communities"):
         parts.append("comm=" + ",".join(a["communities"]))
@@ -189,15 +218,29 @@ def _attrs(a: dict[str, Any] | None) -> str:
 def render_routes_table(status: dict[str, Any]) -> str:
     rows = [("PREFIX", "SOURCE", "ANNOUNCED", "REASON", "SINCE", "ATTRIBUTES", "DETAIL")]
     for d in status.get("decisions", []):
+        reason, detail = d.get("reason", ""), d.get("detail", "")
+        failure = d.get("failure")
+        if failure:
+            # the decision stands, but a step towards it failed: that is what the operator must see
+            reason = failure.get("reason", "failed")
+            detail = (
+                f"{failure.get('step')} failed {failure.get('attempts')}x for {failure.get('for_seconds')}s: "
+                f"{failure.get('error')}; wanted: {d.get('reason', '')}"
+            )
+        notes = []
+        if d.get("address_not_owned"):
+            notes.append(f"address on {d['address_not_owned']} is not bgpvip's (never removed by bgpvip)")
+        if d.get("address_held_seconds") is not None:
+            notes.append(f"address kept {d['address_held_seconds']}s more while routers converge")
         rows.append(
             (
                 d.get("prefix") or d.get("address", "?"),
                 d.get("source", ""),
                 "yes" if d.get("announced") else "no",
-                d.get("reason", ""),
+                reason,
                 _age(d.get("since")),
                 _attrs(d.get("attributes")),
-                d.get("detail", ""),
+                "; ".join([*notes, detail] if detail else notes),
             )
         )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -231,6 +274,10 @@ def routes(config_path: Path, output: str, status_url: str | None) -> None:
 
     Reasons: healthy, checkFailing (with the last error), checkPending, drained, stopping,
     and for Services notInPool, noLocalEndpoints, noReadyEndpoints, nodeNotReady, ...
+    A prefix whose step failed shows addressFailed, addressRemoveFailed, announceFailed or
+    withdrawFailed instead, with the error and what was wanted; it is retried on its own.
+    DETAIL also says when an address is kept while routers converge after a withdrawal, and
+    when a VIP's address is on its interface but not bgpvip's (never removed by bgpvip).
     """
     status = _fetch_status(_status_url(config_path, status_url))
     if output == "json":

@@ -75,6 +75,16 @@ def node_name(config: Config) -> str:
     return config.node_name or socket.gethostname().split(".")[0].lower()
 
 
+def prepare_addresses(config: Config, addresses: netlink.AddressManager) -> asyncio.Future[None] | None:
+    """Start-up work at start-up: when a VIP has an interface, import pyroute2 and open its
+    socket now (in the adapter's thread), not when the first healthy check asks for an
+    address. None when there is nothing to do: a speaker for Service IPs only never loads
+    pyroute2 (see bgpvip/adapters/netlink.py)."""
+    if addresses.ready or not any(vip.interface is not None for vip in config.vips):
+        return None
+    return asyncio.wrap_future(addresses.prepare())
+
+
 class ProbeManager:
     """One task per configured check; restarted only for checks whose definition changed."""
 
@@ -328,6 +338,7 @@ class Speaker:
         self.stdout = stdout
         self.board: StatusBoard | None = None
         self.bridge: KubeBridge | None = None
+        self.addresses: netlink.AddressManager | None = None
 
     async def run(self) -> int:
         # One session for the life of the process: its reader thread owns stdin and cannot
@@ -411,6 +422,8 @@ class Speaker:
         except Exception as e:
             log.warning(logs.kv("address-list-failed", error=e))
             owned = set()
+        self.addresses = addresses
+        warming = prepare_addresses(config, addresses)
         log.info(logs.kv("start", node=name, routes_in_exabgp=len(existing), addresses_owned=len(owned)))
         stopping = (runtime / STOP_MARKER).exists()
         world = World(
@@ -471,6 +484,11 @@ class Speaker:
             bridge = KubeBridge(rec, name)
             background.append(asyncio.create_task(bridge.run(), name="kubernetes"))
         self.bridge = bridge
+        if warming is not None:
+            # the probes run meanwhile; their results wait in the queue for the first reconcile
+            began = time.monotonic()
+            await self._until_gone(session, warming)
+            log.info(logs.kv("netlink-ready", seconds=round(time.monotonic() - began, 3)))
         main = asyncio.create_task(rec.run(), name="reconcile")
         try:
             done, _ = await asyncio.wait([main, *background], return_when=asyncio.FIRST_COMPLETED)
@@ -636,6 +654,8 @@ class Speaker:
                 )
             board.m_config_reloads.labels("ok").inc()
             log.info(logs.kv("reload", vips=len(config.vips)))
+            if self.addresses is not None and (warming := prepare_addresses(config, self.addresses)):
+                await warming
             rec.post(ConfigChanged(config))
             probe_mgr.update(config)
             if self.bridge is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -33,6 +33,7 @@ from bgpvip.core.model import (
     ProbeResult,
     RemoveAddress,
     Route,
+    UnitFailure,
     Withdraw,
 )
 from bgpvip.core.peers import PeerStatus
@@ -47,7 +48,9 @@ class RoutePort(Protocol):
 
 
 class AddressPort(Protocol):
-    def add(self, ifname: str, address: IPInterface, /) -> object: ...
+    def add(self, ifname: str, address: IPInterface, /) -> object:
+        """Put the address there; `False` means it already is, and is not bgpvip's."""
+
     def remove(self, ifname: str, address: IPInterface, /) -> object: ...
     def owned(self) -> set[tuple[str, IPInterface]]: ...
 
@@ -183,10 +186,24 @@ class Observer(Protocol):
     def reconciled(self, world: World, desired: Desired, applied: Applied, seconds: float) -> None: ...
     def action_failed(self, action: Action, error: str) -> None: ...
     def probe(self, key: CheckKey, result: ProbeResult, health: healthmod.Health) -> None: ...
+    def units(self, failures: Mapping[plan.Key, UnitFailure], held: Mapping[plan.Address, float]) -> None:
+        """After each pass (before `reconciled`): the prefixes that failed a step, and the
+        addresses kept after a withdrawal with the (loop clock) time of their release."""
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+Timer = Callable[[float, Callable[[], None]], TimerHandle]
+"""Calls back after so many seconds (`loop.call_later`; tests drive a fake one)."""
 
 
 class NullObserver:
     def reconciled(self, world: World, desired: Desired, applied: Applied, seconds: float) -> None:
+        pass
+
+    def units(self, failures: Mapping[plan.Key, UnitFailure], held: Mapping[plan.Address, float]) -> None:
         pass
 
     def action_failed(self, action: Action, error: str) -> None:
@@ -208,6 +225,7 @@ class Reconciler:
         clock: Callable[[], float] = time.monotonic,
         canonical: Callable[[Route], Route] | None = None,
         on_idle: Callable[[], object] | None = None,
+        timer: Timer | None = None,
     ):
         self.world = world
         self.applied = applied
@@ -229,7 +247,13 @@ class Reconciler:
         self._canonical_last: tuple[frozenset[Route], frozenset[Route]] = (frozenset(), frozenset())
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self._backoff = Backoff()
-        self._retry: asyncio.TimerHandle | None = None
+        self._timer = timer
+        self._retry: TimerHandle | None = None
+        self._release: tuple[float, TimerHandle] | None = None
+        self.failures: dict[plan.Key, UnitFailure] = {}
+        """Prefixes whose last attempted step failed; retried on their own, shown by status."""
+        self.held: dict[plan.Address, float] = {}
+        """Addresses kept after their route's withdrawal: when (clock) they may be released."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopped = asyncio.Event()
         self.reconciles = 0
@@ -286,7 +310,11 @@ class Reconciler:
                 health = dict(w.health)
                 health[key] = new
                 self.world = replace(w, health=health)
-                return new.up != old.up or new.state != old.state
+                # Not only state changes: a DOWN check whose error changes (the CA appeared,
+                # the server now answers 403) must not leave the old error in the decision, and
+                # a down check whose server now refuses (or answers again) changes whether its
+                # address is kept after the withdrawal (`desired.server_gone`).
+                return healthmod.described(new) != healthmod.described(old) or _gone(new) != _gone(old)
             case PeerChanged() | PeerNegotiated() | PeerNotification() | PeersRead() | PeerProbed():
                 # a change of sessions changes no route, but the reasons and `announced` do
                 self.world = replace(w, peers=fold_peer_event(w.peers, event, self._clock()))
@@ -318,15 +346,21 @@ class Reconciler:
         raise TypeError(f"unknown event {event!r}")
 
     def _carry_health(self, config: Config) -> dict[CheckKey, healthmod.Health]:
-        """Keep the health of checks whose definition did not change across a reload."""
-        old_checks = {
-            k: c for v in self.world.config.vips for k, c in zip(check_keys(v), v.checks, strict=True)
-        }
+        """The checks' health across a reload, so that a reload is hitless.
+
+        A check keeps the state of the check at the same position of the VIP of the same name,
+        whether or not its definition changed: an edited check goes on from where the old one
+        was (an UP check stays UP until the new definition fails `fall` times, a DOWN one must
+        rise), instead of starting over and withdrawing a healthy VIP until it rises. A check
+        with no predecessor (a new VIP, or a check added to a VIP) starts UP when its VIP's
+        route is announced, the same rule as a restarted speaker, and otherwise from the start."""
+        announced = {r.key for r in self.applied.routes}
         carried: dict[CheckKey, healthmod.Health] = {}
         for vip in config.vips:
-            for key, check in zip(check_keys(vip), vip.checks, strict=True):
-                if old_checks.get(key) == check and key in self.world.health:
-                    carried[key] = self.world.health[key]
+            up = (vip.address.version, int(vip.address)) in announced
+            for key in check_keys(vip):
+                old = self.world.health.get(key)
+                carried[key] = old if old is not None else healthmod.initial(assume_up=up, now=self._clock())
         return carried
 
     # ---- the loop
@@ -357,19 +391,28 @@ class Reconciler:
         if resync:
             await self._refresh_applied()
         desired = self._compute()
-        actions = plan.diff(desired, self.applied)
-        if resync and desired.routes and not hasattr(self._routes, "announced"):
+        applied = self.applied
+        if applied.foreign and not applied.foreign <= desired.addresses:
+            self.applied = replace(applied, foreign=applied.foreign & desired.addresses)
+        self._forget_held(desired)
+        todo = plan.diff(desired, self.applied, now=self._clock(), held=self.held)
+        reassert: tuple[Route, ...] = ()
+        if resync and desired.routes and not hasattr(self._routes, "announced") and not todo.announces():
             # Level-triggered without a way to read the truth back: re-assert every wanted
             # route (ExaBGP drops identical repeats, nothing goes on the wire). When the port
             # can dump its RIB, _refresh_applied already compared against the truth, and
             # re-announcing 10,000 routes would hold the loop for seconds for nothing.
-            missing = [a for a in actions if isinstance(a, Announce)]
-            if not missing:
-                actions = (*actions, Announce(tuple(sorted(desired.routes, key=_route_order))))
-        ok = await self._execute(actions)
+            reassert = tuple(sorted(desired.routes, key=_route_order))
+        failed = await self._execute(todo, reassert=reassert)
+        self._record(failed)
+        self._forget_held(desired)
+        # the plan's earliest waiting release, or one this pass's withdraw started
+        now = self._clock()
+        self._arm_release(min((t for t in self.held.values() if t > now), default=None))
         self.reconciles += 1
+        self._observer.units(self.failures, self.held)
         self._observer.reconciled(self.world, desired, self.applied, self._clock() - started)
-        if ok:
+        if not failed:
             self._backoff.reset()
         else:
             self._schedule_retry()
@@ -415,22 +458,122 @@ class Reconciler:
         self._canonical_last = (routes, out)
         return out
 
-    async def _execute(self, actions: Iterable[Action]) -> bool:
-        for action in actions:
-            try:
-                ok = await self._do(action)
-                error = "" if ok else "rejected"
-            except Exception as e:  # adapters raise transient errors; the loop must go on
-                ok, error = False, f"{type(e).__name__}: {e}"
-            if not ok:
-                log.warning(logs.kv("action-failed", action=_describe(action), error=error))
-                self._observer.action_failed(action, error)
-                # Stop here: later actions may depend on this one (announce after address).
-                return False
-            self.applied = plan.apply(action, self.applied)
-        return True
+    async def _execute(
+        self, todo: plan.Plan, *, reassert: tuple[Route, ...] = ()
+    ) -> dict[plan.Key, tuple[str, str]]:
+        """Run a plan's units together, in phases: one batched withdraw, the address steps unit
+        by unit, one batched announce of the units that got that far. A unit whose step fails
+        skips its later steps; every other unit goes on. Returns the failed units' (step, error)."""
+        failed: dict[plan.Key, tuple[str, str]] = {}
+        withdraws = todo.withdraws()
+        if withdraws:
+            error = await self._run(Withdraw(withdraws))
+            if error is None:
+                acked = self._clock()
+                for u in todo.units:
+                    if u.withdraw is not None:
+                        for a in u.hold:
+                            self.held[a] = acked + u.hold_for
+            else:
+                failed.update((r.key, ("withdraw", error)) for r in withdraws)
+        for attr, step in (
+            ("release", "address-remove"),
+            ("add", "address-add"),
+            ("move_away", "address-remove"),
+        ):
+            for u in todo.units:
+                if u.key in failed:
+                    continue
+                for ifname, address in getattr(u, attr):
+                    action = AddAddress(ifname, address) if attr == "add" else RemoveAddress(ifname, address)
+                    error = await self._run(action)
+                    if error is not None:
+                        failed[u.key] = (step, error)
+                        break
+        announces = todo.announces(skip=failed.keys()) or tuple(r for r in reassert if r.key not in failed)
+        if announces:
+            error = await self._run(Announce(announces))
+            if error is not None:
+                failed.update((r.key, ("announce", error)) for r in announces)
+        return failed
 
-    async def _do(self, action: Action) -> bool:
+    async def _run(self, action: Action) -> str | None:
+        """Do one action and record it as applied; the error when it failed."""
+        try:
+            outcome = await self._do(action)
+            error = None if outcome else "rejected"
+        except Exception as e:  # adapters raise transient errors; the loop must go on
+            outcome, error = False, f"{type(e).__name__}: {e}"
+        if error is not None:
+            log.warning(logs.kv("action-failed", action=_describe(action), error=error))
+            self._observer.action_failed(action, error)
+            return error
+        if outcome == FOREIGN:
+            assert isinstance(action, AddAddress)
+            self.applied = replace(
+                self.applied, foreign=self.applied.foreign | {(action.interface, action.address)}
+            )
+        else:
+            self.applied = plan.apply(action, self.applied)
+        return None
+
+    def _forget_held(self, desired: Desired) -> None:
+        """A held address wanted again stays (its release is cancelled); one gone is forgotten."""
+        if self.held:
+            self.held = {
+                a: t
+                for a, t in self.held.items()
+                if a in self.applied.addresses and a not in desired.addresses
+            }
+
+    def _record(self, failed: Mapping[plan.Key, tuple[str, str]]) -> None:
+        """The failures of this pass: since-when and attempts carry over while the step stays."""
+        now = self._clock()
+        current: dict[plan.Key, UnitFailure] = {}
+        for key, (step, error) in failed.items():
+            old = self.failures.get(key)
+            if old is not None and old.step == step:
+                current[key] = UnitFailure(step, error, old.since, old.attempts + 1)
+            else:
+                current[key] = UnitFailure(step, error, now)
+        self.failures = current
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        if self._timer is not None:
+            return self._timer(delay, callback)
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+    async def _sleep(self, seconds: float) -> None:
+        """`asyncio.sleep` on the loop's timer (fake in tests)."""
+        done = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        handle = self._call_later(seconds, wake)
+        try:
+            await done
+        finally:
+            handle.cancel()
+
+    def _arm_release(self, due: float | None) -> None:
+        """Wake the loop when the earliest held address is due for release."""
+        if self._release is not None:
+            if self._release[0] == due:
+                return
+            self._release[1].cancel()
+            self._release = None
+        if due is None:
+            return
+
+        def fire() -> None:
+            self._release = None
+            self.post(Resync(full=False))
+
+        self._release = (due, self._call_later(max(0.0, due - self._clock()), fire))
+
+    async def _do(self, action: Action) -> bool | str:
         match action:
             case Withdraw(routes):
                 ok = await self._routes.withdraw(routes)
@@ -449,7 +592,11 @@ class Reconciler:
                     log.info(logs.kv("announce", routes=len(routes), ok=ok))
                 return ok
             case AddAddress(ifname, address):
-                self._addresses.add(ifname, address)
+                if self._addresses.add(ifname, address) is False:
+                    # someone else's address: present, so the route may go out, but bgpvip never
+                    # removes it (and does not try to add it again while it stays)
+                    log.warning(logs.kv("address-not-owned", interface=ifname, address=address))
+                    return FOREIGN
                 log.info(logs.kv("address-add", interface=ifname, address=address))
                 return True
             case RemoveAddress(ifname, address):
@@ -477,40 +624,61 @@ class Reconciler:
                 routes = _interned(await announced(), self.applied.routes)
         except Exception as e:
             log.warning(logs.kv("adj-rib-out-failed", error=e))
-        self.applied = Applied(routes, addresses)
+        self.applied = Applied(routes, addresses, self._still_foreign(addresses))
+
+    def _still_foreign(self, owned: frozenset[tuple[str, IPInterface]]) -> frozenset[tuple[str, IPInterface]]:
+        """The foreign addresses that are still there and still not ours (the next plan adds
+        one that went away, as bgpvip's own)."""
+        foreign = self.applied.foreign - owned
+        has = getattr(self._addresses, "has", None)
+        if not foreign or has is None:
+            return foreign
+        try:
+            return frozenset(a for a in foreign if has(*a))
+        except Exception as e:
+            log.warning(logs.kv("address-list-failed", error=e))
+            return foreign
 
     def _schedule_retry(self) -> None:
-        if self._retry is not None and not self._retry.cancelled():
+        """One shared retry timer: the next pass re-plans everything, and only what is out of
+        step (the failed units) has anything to do."""
+        if self._retry is not None:
             return
         delay = self._backoff.next()
-        loop = asyncio.get_running_loop()
 
         def fire() -> None:
             self._retry = None
             self.post(Resync(full=False))
 
-        self._retry = loop.call_later(delay, fire)
+        self._retry = self._call_later(delay, fire)
 
     async def _stop_sequence(self) -> None:
         """Withdraw everything, give routers time to converge, then drop the addresses."""
         w = self.world
         desired = self._compute()
-        actions = plan.diff(desired, self.applied)
-        withdraws = [a for a in actions if isinstance(a, Withdraw)]
-        rest = [a for a in actions if not isinstance(a, Withdraw | Announce)]
-        for attempt in range(3):
-            if await self._execute(withdraws):
-                break
-            await asyncio.sleep(0.2 * (attempt + 1))
+        todo = plan.diff(desired, self.applied, now=self._clock(), held=self.held)
+        withdraws = todo.withdraws()
+        if withdraws:
+            for attempt in range(3):
+                if await self._run(Withdraw(withdraws)) is None:
+                    break
+                await self._sleep(0.2 * (attempt + 1))
         self._observer.reconciled(self.world, desired, self.applied, 0.0)
-        if withdraws and w.config.shutdown_delay > 0:
-            log.info(logs.kv("stop-wait", seconds=w.config.shutdown_delay))
-            await asyncio.sleep(w.config.shutdown_delay)
-        await self._execute(rest)
+        now = self._clock()
+        wait = max(w.config.shutdown_delay, w.config.release_delay) if withdraws else 0.0
+        # addresses still held after an earlier withdrawal get the rest of their time
+        wait = max([wait, *(due - now for due in self.held.values())])
+        if wait > 0:
+            log.info(logs.kv("stop-wait", seconds=round(wait, 3)))
+            await self._sleep(wait)
+        for ifname, address in sorted(self.applied.addresses - desired.addresses, key=_addr_order):
+            await self._run(RemoveAddress(ifname, address))
+        self.held.clear()
         self._observer.reconciled(self.world, desired, self.applied, 0.0)
         self.stopped.set()
-        if self._retry is not None:
-            self._retry.cancel()
+        for timer in (self._retry, self._release[1] if self._release else None):
+            if timer is not None:
+                timer.cancel()
         with contextlib.suppress(Exception):
             log.info(
                 logs.kv("stopped", routes=len(self.applied.routes), addresses=len(self.applied.addresses))
@@ -543,6 +711,18 @@ def fold_peer_event(peers: dict[str, PeerStatus], event: PeerEvent, now: float) 
             if diagnosis != old.diagnosis and not old.up:
                 log.info(logs.kv("peer-diagnosis", peer=peer, diagnosis=diagnosis))
     return out
+
+
+FOREIGN = "foreign"
+"""`_do`'s outcome for an address that was already there and is not bgpvip's."""
+
+
+def _gone(h: healthmod.Health) -> bool:
+    return h.state == healthmod.State.DOWN and h.last_failure is not None and h.last_failure.broken
+
+
+def _addr_order(a: tuple[str, IPInterface]) -> tuple[str, int, int]:
+    return (a[0], a[1].version, int(a[1].ip))
 
 
 def _interned(read: Iterable[Route], known: frozenset[Route]) -> frozenset[Route]:

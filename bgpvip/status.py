@@ -29,8 +29,10 @@ from bgpvip.core.model import (
     Decision,
     Desired,
     IPAddress,
+    IPInterface,
     ProbeResult,
     Route,
+    UnitFailure,
     overridden,
 )
 from bgpvip.core.peers import PeerStatus, carries, session_problem
@@ -130,6 +132,22 @@ class StatusBoard:
         self.m_action_failures = Counter(
             "bgpvip_action_failures", "Actions an adapter failed or rejected", ["action"], registry=r
         )
+        self.m_failing = Gauge(
+            "bgpvip_prefixes_failing",
+            "Prefixes whose last attempted step failed (retried on their own), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.m_held = Gauge(
+            "bgpvip_addresses_held",
+            "Addresses kept after their route was withdrawn, until routers have converged",
+            registry=r,
+        )
+        self.m_foreign = Gauge(
+            "bgpvip_addresses_not_owned",
+            "Wanted addresses found on their interface but not bgpvip's (never removed by bgpvip)",
+            registry=r,
+        )
         self.m_drained = Gauge("bgpvip_drained", "1 while the drain file exists", registry=r)
         self.m_config_reloads = Counter(
             "bgpvip_config_reloads", "Config reloads by result", ["result"], registry=r
@@ -145,6 +163,12 @@ class StatusBoard:
         self.last_reconcile_monotonic = time.monotonic()
         self.last_errors: list[dict[str, Any]] = []
         self.config_error: str | None = None
+        self.failures: Mapping[tuple[int, int], UnitFailure] = {}
+        self.held: Mapping[tuple[str, IPInterface], float] = {}
+        """Held addresses and when (monotonic) they are released."""
+        self._fresher: dict[CheckKey, healthmod.Health] = {}
+        """Check health from probe results that came after the last pass (a result that changes
+        no decision triggers no pass), so the per-check view shows the latest one."""
 
     # ---- Observer
 
@@ -154,11 +178,13 @@ class StatusBoard:
         `refresh_counts`, which the /metrics handler calls."""
         previous = self.desired
         self.world, self.desired, self.applied = world, desired, applied
+        self._fresher.clear()  # the world holds every result folded in so far
         self.last_reconcile_monotonic = time.monotonic()
         self.m_reconciles.inc()
         self.m_reconcile_seconds.observe(seconds)
         self.m_last_reconcile.set(time.time())
         self.m_drained.set(1 if world.node.drained else 0)
+        self.m_foreign.set(len(applied.foreign))
         now = time.time()
         self._track(_groups(desired.own), _groups(previous.own), now)
         new_t, old_t = desired.table, previous.table
@@ -262,6 +288,19 @@ class StatusBoard:
         for kind, n in kinds.items():
             self.m_announced.labels(kind).set(n)
 
+    def units(
+        self, failures: Mapping[tuple[int, int], UnitFailure], held: Mapping[tuple[str, IPInterface], float]
+    ) -> None:
+        if failures or self.failures:
+            counts: dict[str, int] = {}
+            for f in failures.values():
+                counts[f.reason] = counts.get(f.reason, 0) + 1
+            self.m_failing.clear()
+            for reason, n in counts.items():
+                self.m_failing.labels(reason).set(n)
+        self.failures, self.held = dict(failures), dict(held)
+        self.m_held.set(len(held))
+
     def action_failed(self, action: Action, error: str) -> None:
         self.m_action_failures.labels(type(action).__name__.lower()).inc()
         self.last_errors = (
@@ -269,6 +308,7 @@ class StatusBoard:
         )[:10]
 
     def probe(self, key: CheckKey, result: ProbeResult, health: healthmod.Health) -> None:
+        self._fresher[key] = health
         vip, check = key.vip, str(key.index)
         self.m_check_results.labels(vip, check, "ok" if result.ok else "fail").inc()
         self.m_check_duration.labels(vip, check).observe(result.duration)
@@ -308,7 +348,7 @@ class StatusBoard:
                 )
             for vip in w.config.vips:
                 for key, check in zip(check_keys(vip), vip.checks, strict=True):
-                    h = w.health.get(key, healthmod.initial())
+                    h = self._fresher.get(key) or w.health.get(key, healthmod.initial())
                     checks.append(
                         {
                             "vip": vip.label,
@@ -345,6 +385,11 @@ class StatusBoard:
             and d.reason not in NOT_DELIVERED
         )
         since = self._since.get(d.source, {}).get(d.address)
+        key = (d.address.version, int(d.address))
+        failure = self.failures.get(key)
+        now = time.monotonic()
+        held = [due for (_, a), due in self.held.items() if a.ip == d.address]
+        foreign = [i for i, a in self.applied.foreign if a.ip == d.address]
         return {
             "address": str(d.address),
             "prefix": str(d.route.prefix) if d.route else None,
@@ -356,6 +401,19 @@ class StatusBoard:
             "interface": d.interface,
             "attributes": route_json(d.route) if d.route else None,
             "since": since.wall if since else None,
+            "failure": (
+                {
+                    "reason": failure.reason,
+                    "step": failure.step,
+                    "error": failure.error,
+                    "attempts": failure.attempts,
+                    "for_seconds": round(max(0.0, now - failure.since), 1),
+                }
+                if failure is not None
+                else None
+            ),
+            "address_held_seconds": round(max(0.0, max(held) - now), 3) if held else None,
+            "address_not_owned": foreign[0] if foreign else None,
         }
 
     def alive(self, max_silence: float) -> tuple[bool, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ from bgpvip.adapters import exabgp as exa
 from bgpvip.configfile import load_file, read_password
 from bgpvip.core.config import Config, ConfigError
 from bgpvip.core.model import IPAddress
+from bgpvip.preflight import check_run, find_exabgp
 from bgpvip.runfiles import PID_FILE, STOP_MARKER
 
 log = logs.get("run")
@@ -138,16 +138,6 @@ def _cannot_listen(local: IPAddress, port: int) -> str | None:
     return None
 
 
-def find_exabgp(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    raise FileNotFoundError(f"cannot find the ExaBGP executable {name!r} in PATH or next to {sys.executable}")
-
-
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -177,7 +167,12 @@ class Supervisor:
         self._stopping = False
 
     def prepare(self) -> list[str]:
-        self.runtime.mkdir(parents=True, exist_ok=True)
+        try:
+            self.runtime.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                [("runtime_dir", f"{self.runtime} cannot be created: {e.strerror or e}")]
+            ) from None
         (self.runtime / STOP_MARKER).unlink(missing_ok=True)
         conf = self.runtime / "exabgp.conf"
         text = render(self.config, self.config_path, check_ports=True)
@@ -243,7 +238,7 @@ class Supervisor:
         pid = _read_pid(pidfile)
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.config.shutdown_delay + 15.0
+            deadline = time.monotonic() + max(self.config.shutdown_delay, self.config.release_delay) + 15.0
             # The speaker removes its pid file as the last thing it does.
             while pidfile.exists() and _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -259,6 +254,7 @@ def run_main(config_path: Path) -> int:
     logs.setup(os.environ.get("BGPVIP_LOG_LEVEL", "INFO"))
     try:
         config = load_file(config_path)
+        check_run(config)
         supervisor = Supervisor(config, config_path)
         return supervisor.run()
     except ConfigError as e:

@@ -22,16 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from nslab import HELPERS_DIR, Lab, socket_in_netns
+from nslab import HELPERS_DIR, Lab, node_bgpvip_dir, socket_in_netns
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTH_PORT = 8080
 
 
 def node_workdir(lab: Lab, node: str) -> Path:
-    d = lab.state_dir / "bgpvip" / node
+    d = node_bgpvip_dir(lab, node)
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def write_node_config(lab: Lab, node: str, config: dict[str, Any]) -> Path:
+    """Write `node`'s config where `nslab.py exec` points `$BGPVIP_CONFIG` in that node."""
+    path = node_workdir(lab, node) / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def node_config(
@@ -246,8 +253,7 @@ def start_speaker(
 ) -> Speaker:
     """`bgpvip run` in `node`; with `kube`, as a pod that reaches the API with its ServiceAccount."""
     work = node_workdir(lab, node)
-    path = work / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path = write_node_config(lab, node, config)
     env = {"BGPVIP_LOG_LEVEL": os.environ.get("BGPVIP_LOG_LEVEL", "INFO"), "PYTHONUNBUFFERED": "1"}
     log = lab.log_dir / f"{node}-{name}.log"
     offset = log.stat().st_size if log.exists() else 0

@@ -1735,6 +1735,24 @@ def start_exabgp(
     )
 
 
+# --------------------------------------------------------------------------- bgpvip in a node
+
+
+def node_bgpvip_dir(lab: Lab, node: str) -> Path:
+    """`node`'s own bgpvip files: its config, runtime_dir, drain file and health switch.
+
+    Network namespaces share one filesystem: speakers in several nodes with bgpvip's default
+    paths would share /run/bgpvip and /var/lib/bgpvip/drain, and `bgpvip drain` in one node
+    would withdraw every node's routes."""
+    return lab.state_dir / "bgpvip" / node
+
+
+def node_bgpvip_env(lab: Lab, node: str) -> dict[str, str]:
+    """For commands run in `node` by hand (`nslab.py exec`): bgpvip there defaults to the
+    node's own config (`$BGPVIP_CONFIG`), so `bgpvip drain` drains that node only."""
+    return {"BGPVIP_CONFIG": str(node_bgpvip_dir(lab, node) / "config.yaml")}
+
+
 # --------------------------------------------------------------------------- the demo
 
 
@@ -1834,7 +1852,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("up", help="build the lab and start FRR on the router")
     sub.add_parser("down", help="remove everything of this prefix (idempotent)")
     sub.add_parser("status", help="namespaces, processes, BGP peers (JSON)")
-    p_exec = sub.add_parser("exec", help="run a command in a node: exec NODE -- CMD...")
+    p_exec = sub.add_parser(
+        "exec", help="run a command in a node: exec NODE -- CMD... ($BGPVIP_CONFIG: the node's own config)"
+    )
     p_exec.add_argument("node")
     p_exec.add_argument("cmd", nargs=argparse.REMAINDER)
     p_bgp = sub.add_parser("bgp-json", help="show bgp <afi> unicast json on the router")
@@ -1849,6 +1869,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_wait.add_argument("--timeout", type=float, default=10.0)
     p_wait.add_argument("--nexthop", action="append", dest="nexthops", help="expected gateway (repeatable)")
     sub.add_parser("logs", help="router logs, BGP state and registered logs")
+    p_cfg = sub.add_parser(
+        "bgpvip-config",
+        help="write NODE's own bgpvip config announcing VIPs (its own runtime_dir and drain file); "
+        "print its path; then `exec NODE -- bgpvip run`",
+    )
+    p_cfg.add_argument("node")
+    p_cfg.add_argument("vips", nargs="+", metavar="VIP")
     p_demo = sub.add_parser(
         "demo",
         help="up; bgpvip on n1-n3 announces a VIP (ECMP at r1), the client fetches it, n1 fails over; down",
@@ -1883,7 +1910,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         if not cmd:
             parser.error("exec needs a command: exec NODE -- CMD...")
-        return subprocess.call(["ip", "netns", "exec", lab.ns(args.node), *cmd])
+        env = {**os.environ, **node_bgpvip_env(lab, args.node)}
+        return subprocess.call(["ip", "netns", "exec", lab.ns(args.node), *cmd], env=env)
     elif args.command == "bgp-json":
         if lab.router_software != "frr":
             print("bgp-json is FRR's `show bgp ... json`; for BIRD and GoBGP use their CLI", file=sys.stderr)
@@ -1902,6 +1930,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.target} {'present' if args.present else 'absent'} after {waited:.3f}s")
     elif args.command == "logs":
         print(lab.logs())
+    elif args.command == "bgpvip-config":
+        import bgpvip_lab  # lives next to this file
+
+        vips = [{"name": f"vip{i}", "address": a, "interface": "lo"} for i, a in enumerate(args.vips)]
+        print(bgpvip_lab.write_node_config(lab, args.node, bgpvip_lab.node_config(lab, args.node, vips)))
     elif args.command == "demo":
         if args.minimal:
             demo(lab)

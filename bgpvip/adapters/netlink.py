@@ -41,7 +41,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from socket import AF_INET, AF_INET6
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -178,6 +178,22 @@ class AddressManager:
 
     def _call(self, fn: Callable[[], T]) -> T:
         return self._thread.submit(fn).result()
+
+    def prepare(self) -> Future[None]:
+        """Import pyroute2 and open its socket now, in the private thread, instead of on the
+        first `add`: a speaker with VIPs calls this at start, so that its first announcement
+        does not wait for the import. Returns at once; the future is done when it is ready,
+        and every later call runs after it (one thread)."""
+
+        def prepare() -> None:
+            self._iproute()
+
+        return self._thread.submit(prepare)
+
+    @property
+    def ready(self) -> bool:
+        """Whether pyroute2's socket is open (`prepare` or a first call has run)."""
+        return self._ipr is not None
 
     def _iproute(self) -> Any:
         """pyroute2's socket, opened on first use. Only ever called in the private thread."""

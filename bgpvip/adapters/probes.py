@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 from bgpvip import __version__
 from bgpvip.core.config import ExecCheck, HttpCheck, KubeApiserverCheck, TcpCheck
 from bgpvip.core.model import ProbeResult
+from bgpvip.core.text import clip
+from bgpvip.tls import TlsFiles, TlsMaterial, TlsSetupError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ _MAX_BODY = 64 * 1024
 """Body bytes read and discarded to keep a connection reusable; a longer body ends the connection."""
 _MAX_OUTPUT = 4096
 """Bytes of an exec check's stdout and stderr kept (the rest is drained and dropped)."""
-_MAX_DETAIL = 100
+_MAX_DETAIL = 200
+"""Characters of a result's detail kept: room for an error naming a file by its full path."""
 _RECONNECT_BURST = 3
 """Reconnect tests allowed per `interval` between probes. More than one, because a killed server's
 listening socket can still complete one handshake while the process is being torn down."""
@@ -120,7 +123,8 @@ def _result(ok: bool, detail: str, start: float, *, broken: bool = False) -> Pro
 
 
 def _shorten(text: str) -> str:
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
+    # details quote what a server or a command sent, which has no size limit
+    return clip(text, _MAX_DETAIL)
 
 
 def _timed_out(timeout: float) -> str:
@@ -129,6 +133,8 @@ def _timed_out(timeout: float) -> str:
 
 def _describe_error(exc: BaseException) -> tuple[str, bool]:
     """(detail, broken) for a failed connection or exchange."""
+    if isinstance(exc, TlsSetupError):
+        return f"TLS setup: {exc}", False
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS: certificate verify failed: {exc.verify_message}", False
     if isinstance(exc, ssl.SSLError):
@@ -335,6 +341,11 @@ class HttpProbe(_WatchedTarget):
     request, not a handshake. A reused connection that the server closed while idle is
     replaced transparently: the request is retried once on a fresh connection when the old
     one died before any response byte.
+
+    TLS material (CA, client certificate and key) is looked at on every probe and loaded again
+    when a file changed (`bgpvip.tls.TlsMaterial`): after `kubeadm reset` and a new `kubeadm
+    init`, or a CA rotation, the next probe trusts the new CA, on a new connection. A file that
+    is missing or cannot be loaded is a failing probe that says which, until it is fixed.
     """
 
     def __init__(self, check: HttpCheck):
@@ -347,7 +358,11 @@ class HttpProbe(_WatchedTarget):
         self._host = url.hostname
         self._port = url.port or (443 if self._tls else 80)
         self._server_name = check.tls_server_name or self._host
-        self._ssl_context: ssl.SSLContext | None = None
+        self._material = TlsMaterial(
+            TlsFiles(check.ca_file, check.client_cert, check.client_key, check.insecure)
+        )
+        self._idle_generation = 0
+        """The TLS material's generation the connections made so far trust."""
         self._request = self._build_request(url.netloc.rpartition("@")[2], url.path, url.query)
 
     def _build_request(self, authority: str, path: str, query: str) -> bytes:
@@ -363,16 +378,14 @@ class HttpProbe(_WatchedTarget):
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def _context(self) -> ssl.SSLContext:
-        if self._ssl_context is None:
-            check = self.check
-            ctx = ssl.create_default_context(cafile=str(check.ca_file) if check.ca_file else None)
-            if check.insecure:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            if check.client_cert is not None:
-                ctx.load_cert_chain(str(check.client_cert), str(check.client_key))
-            self._ssl_context = ctx
-        return self._ssl_context
+        """The current TLS context; a connection that trusts older material is dropped."""
+        ctx = self._material.context()
+        if self._material.generation != self._idle_generation:
+            conn, self._idle = self._idle, None
+            if conn is not None:
+                conn.abort()
+            self._idle_generation = self._material.generation
+        return ctx
 
     async def _open(self) -> _Conn:
         ctx = self._context() if self._tls else None
@@ -386,7 +399,8 @@ class HttpProbe(_WatchedTarget):
         if self._tls:
             try:
                 self._context()
-            except (OSError, ssl.SSLError, ValueError) as exc:
+            except TlsSetupError as exc:
+                self._reachable = False  # nothing to watch until the files are fixed
                 return _result(False, f"TLS setup: {exc}", start)
         try:
             async with asyncio.timeout(self.check.timeout):

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from bgpvip.core.model import Attributes
+from bgpvip.core.text import clip, quote
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _COMMUNITY_RE = re.compile(r"^(\d{1,5}):(\d{1,5})$")
@@ -36,7 +37,22 @@ _LARGE_COMMUNITY_RE = re.compile(r"^(\d{1,10}):(\d{1,10}):(\d{1,10})$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _WELL_KNOWN_COMMUNITIES = frozenset({"no-export", "no-advertise", "no-export-subconfed", "nopeer"})
-_ASN = Annotated[int, Field(ge=1, le=4_294_967_295)]
+
+
+def _not_boolean(v: Any) -> Any:
+    # pydantic takes true as 1: `peer_as: yes` rendered `peer-as 1;`
+    if isinstance(v, bool):
+        raise ValueError(
+            "is a boolean, not a number (YAML reads yes, no, on, off, true and false as booleans)"
+        )
+    return v
+
+
+_Int = Annotated[int, BeforeValidator(_not_boolean)]
+"""Every integer field is an `_Int` (a test walks the models to keep it so)."""
+_Float = Annotated[float, BeforeValidator(_not_boolean)]
+"""Every float field is a `_Float`."""
+_ASN = Annotated[_Int, Field(ge=1, le=4_294_967_295)]
 
 
 def _check_name(v: str) -> str:
@@ -60,12 +76,24 @@ _IPAddress = Annotated[IPvAnyAddress, BeforeValidator(_address_text)]
 _IPv4Address = Annotated[IPv4Address, BeforeValidator(_address_text)]
 
 
+MAX_PROBLEMS = 50
+"""Problems a ConfigError lists; a file with more gets a count of the rest."""
+_MAX_PATH = 200
+_MAX_MESSAGE = 400
+
+
 class ConfigError(Exception):
-    """A configuration that cannot be used. `problems` holds (path, message) pairs."""
+    """A configuration that cannot be used. `problems` holds (path, message) pairs.
+
+    Paths and messages are clipped and their number capped: they quote the input, which can
+    be of any size, and they end up in the log and in `/status`."""
 
     def __init__(self, problems: list[tuple[str, str]]):
-        self.problems = problems
-        super().__init__("\n".join(f"{path}: {msg}" if path else msg for path, msg in problems))
+        kept = [(clip(path, _MAX_PATH), clip(msg, _MAX_MESSAGE)) for path, msg in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            kept.append(("", f"... and {len(problems) - MAX_PROBLEMS} more problems"))
+        self.problems = kept
+        super().__init__("\n".join(f"{path}: {msg}" if path else msg for path, msg in kept))
 
 
 class _Model(BaseModel):
@@ -80,26 +108,36 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------- checks
 
 
-class _CheckTiming(_Model):
-    interval: float = Field(default=0.1, gt=0, le=3600)
-    """Seconds between probes while the check is steady (UP or DOWN). Default 0.1: a local
-    probe costs microseconds of CPU, and the interval bounds how late a failure is seen."""
+MIN_PROBE_INTERVAL = 0.005
+MIN_PROBE_TIMEOUT = 0.01
+MIN_EXEC_INTERVAL = 0.05
 
-    fast_interval: float = Field(default=0.02, gt=0, le=3600)
+
+class _CheckTiming(_Model):
+    interval: _Float = Field(default=0.1, ge=MIN_PROBE_INTERVAL, le=3600)
+    """Seconds between probes while the check is steady (UP or DOWN). Default 0.1: a local
+    probe costs microseconds of CPU, and the interval bounds how late a failure is seen.
+    At least 0.005: a shorter pause turns the probe loop into a busy loop that takes a whole
+    core, and sees a failure no sooner than the target can show one."""
+
+    fast_interval: _Float = Field(default=0.02, ge=MIN_PROBE_INTERVAL, le=3600)
     """Seconds between probes while the check is changing state (after a first failure or a
     first success), like HAProxy's `fastinter`. Default 0.02: it confirms a failure (or a
-    recovery) within a few tens of milliseconds without shortening the steady interval."""
+    recovery) within a few tens of milliseconds without shortening the steady interval.
+    At least 0.005, for the same reason as `interval`."""
 
-    timeout: float = Field(default=1.0, gt=0, le=3600)
+    timeout: _Float = Field(default=1.0, ge=MIN_PROBE_TIMEOUT, le=3600)
     """Hard limit in seconds for one probe; a probe still running then counts as a failure and
     is cut off. Default 1.0: far above a healthy local response, so one slow answer under load
-    is a single failure, which `fall` absorbs."""
+    is a single failure, which `fall` absorbs. At least 0.01: below that a healthy target
+    fails whenever the host is busy for a moment. A hung target (accepts, never answers) is
+    withdrawn after about `fall` times `timeout`."""
 
-    rise: int = Field(default=3, ge=1, le=1000)
+    rise: _Int = Field(default=3, ge=1, le=1000)
     """Consecutive successes before a check counts as UP. Default 3: a flapping backend has to
     answer three times in a row (about 40 ms at `fast_interval`) before traffic returns."""
 
-    fall: int = Field(default=2, ge=1, le=1000)
+    fall: _Int = Field(default=2, ge=1, le=1000)
     """Consecutive failures before a check counts as DOWN. Default 2: one lost or slow probe
     never withdraws a route, and the second failure comes `fast_interval` after the first."""
 
@@ -112,19 +150,21 @@ class HttpCheck(_CheckTiming):
     """`http://` or `https://` URL, for example `https://127.0.0.1:6443/readyz`."""
     method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
     """HTTP method. Default GET, what `/readyz` and `/healthz` endpoints expect."""
-    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = (200,)
+    expect_status: tuple[Annotated[_Int, Field(ge=100, le=599)], ...] = (200,)
     """Status codes that count as healthy. Default 200 only: a redirect or 401 is not health."""
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra request headers (for example `Host`)."""
     ca_file: Path | None = None
-    """PEM bundle to verify the server's certificate. Default: the system trust store."""
+    """PEM bundle to verify the server's certificate. Default: the system trust store. Read
+    again whenever the file changes, without a restart."""
     tls_server_name: str | None = None
     """Name to verify the certificate against (and send as SNI) instead of the URL's host;
     `kubernetes` matches every kube-apiserver serving certificate."""
     insecure: bool = False
     """Skip certificate verification. Default false; prefer `ca_file`."""
     client_cert: Path | None = None
-    """PEM client certificate for servers that require one."""
+    """PEM client certificate for servers that require one. Read again when the file changes,
+    like `ca_file`."""
     client_key: Path | None = None
     """PEM key for `client_cert`."""
 
@@ -138,8 +178,8 @@ class HttpCheck(_CheckTiming):
             raise ValueError("has no host")
         try:
             _ = parts.port
-        except ValueError as e:
-            raise ValueError(f"bad port: {e}") from None
+        except ValueError:
+            raise ValueError(f"bad port in {quote(parts.netloc)}") from None
         if any(ord(c) < 33 or ord(c) == 127 for c in v):
             raise ValueError("must not contain spaces or control characters")
         return v
@@ -149,37 +189,58 @@ class HttpCheck(_CheckTiming):
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
         for k, val in v.items():
             if not re.fullmatch(r"[A-Za-z0-9-]+", k) or any(c in val for c in "\r\n\0"):
-                raise ValueError(f"bad header {k!r}")
+                raise ValueError(f"bad header {quote(k)}")
         return v
 
     @model_validator(mode="after")
     def _tls(self) -> HttpCheck:
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ValueError("client_cert and client_key go together")
+        _client_pair(self.client_cert, self.client_key)
         if self.insecure and self.ca_file is not None:
             raise ValueError("set either ca_file or insecure, not both")
         return self
 
 
+def _client_pair(cert: Path | None, key: Path | None) -> None:
+    if (cert is None) != (key is None):
+        raise ValueError("client_cert and client_key go together")
+
+
 class KubeApiserverCheck(_CheckTiming):
     """The local kube-apiserver's `/readyz`, verified with the cluster CA (kubeadm paths).
 
-    Needs no credentials: `/readyz` is readable anonymously in a default cluster."""
+    Needs no credentials: `/readyz` is readable anonymously in a default cluster. A cluster
+    with `--anonymous-auth=false` needs `client_cert` and `client_key`."""
 
     type: Literal["kube-apiserver"]
     host: str = "127.0.0.1"
     """Where the local kube-apiserver listens. Default loopback, so only this node counts."""
-    port: int = Field(default=6443, ge=1, le=65535)
+    port: _Int = Field(default=6443, ge=1, le=65535)
     """kube-apiserver's secure port. Default 6443, kubeadm's."""
     path: str = "/readyz"
     """Readiness endpoint. Default `/readyz`: it turns false while the apiserver shuts down."""
     ca_file: Path | None = Path("/etc/kubernetes/pki/ca.crt")
-    """Cluster CA. Default kubeadm's path."""
+    """Cluster CA. Default kubeadm's path. It may appear after bgpvip starts (`kubeadm init`
+    writes it): until then the check fails and says so. Read again whenever the file changes
+    (`kubeadm reset` and a new `kubeadm init`, a CA rotation), without a restart."""
     tls_server_name: str = "kubernetes"
     """Name checked in the serving certificate. Default `kubernetes`: every apiserver
     certificate carries it, while 127.0.0.1 usually is not a SAN."""
     insecure: bool = False
     """Skip certificate verification (only for clusters without the kubeadm CA path)."""
+    client_cert: Path | None = None
+    """PEM client certificate for clusters that refuse anonymous requests
+    (`--anonymous-auth=false`, a CIS benchmark item), where `/readyz` answers 401. Any identity
+    the cluster CA signed may read `/readyz` (`system:public-info-viewer`), so a `CN=bgpvip-probe`
+    certificate with no groups is enough: authentication for one read-only URL, not API
+    credentials (docs/control-plane-vip.md shows how to make it). Default: none, anonymous.
+    Like the CA, it may appear after bgpvip starts, and is read again when it changes."""
+    client_key: Path | None = None
+    """PEM key for `client_cert`."""
+
+    @model_validator(mode="after")
+    def _client(self) -> KubeApiserverCheck:
+        _client_pair(self.client_cert, self.client_key)
+        return self
 
     @field_validator("host")
     @classmethod
@@ -206,6 +267,8 @@ class KubeApiserverCheck(_CheckTiming):
             ca_file=None if self.insecure else self.ca_file,
             tls_server_name=self.tls_server_name,
             insecure=self.insecure,
+            client_cert=self.client_cert,
+            client_key=self.client_key,
             interval=self.interval,
             fast_interval=self.fast_interval,
             timeout=self.timeout,
@@ -220,7 +283,7 @@ class TcpCheck(_CheckTiming):
     type: Literal["tcp"]
     host: str = "127.0.0.1"
     """Host to connect to. Default loopback: the service on this host."""
-    port: int = Field(ge=1, le=65535)
+    port: _Int = Field(ge=1, le=65535)
     """TCP port of the service."""
 
 
@@ -230,13 +293,15 @@ class ExecCheck(_CheckTiming):
     type: Literal["exec"]
     command: tuple[str, ...] = Field(min_length=1)
     """argv of the command, e.g. `["/usr/local/bin/check-db", "--quick"]`. No shell is used."""
-    interval: float = Field(default=1.0, gt=0, le=3600)
+    interval: _Float = Field(default=1.0, ge=MIN_EXEC_INTERVAL, le=3600)
     """Seconds between runs while steady. Default 1.0: starting a process costs milliseconds
-    of CPU, unlike a socket probe."""
-    fast_interval: float = Field(default=0.1, gt=0, le=3600)
-    """Seconds between runs while the state changes. Default 0.1."""
-    timeout: float = Field(default=2.0, gt=0, le=3600)
-    """Hard limit for one run; the process group is killed then. Default 2.0."""
+    of CPU, unlike a socket probe. At least 0.05: more often, starting processes becomes the
+    host's main work."""
+    fast_interval: _Float = Field(default=0.1, ge=MIN_EXEC_INTERVAL, le=3600)
+    """Seconds between runs while the state changes. Default 0.1. At least 0.05, as `interval`."""
+    timeout: _Float = Field(default=2.0, ge=MIN_EXEC_INTERVAL, le=3600)
+    """Hard limit for one run; the process group is killed then. Default 2.0. At least 0.05:
+    starting a process alone can take that long on a busy host."""
 
 
 Check = Annotated[HttpCheck | KubeApiserverCheck | TcpCheck | ExecCheck, Field(discriminator="type")]
@@ -259,13 +324,13 @@ class PeerConfig(_Model):
     local_address: _IPAddress | None = None
     """This host's address on the session, used as next hop. Default: the source address the
     kernel picks to reach `address` (resolved when the ExaBGP config is rendered)."""
-    hold_time: int = Field(default=9, ge=0, le=65535)
+    hold_time: _Int = Field(default=9, ge=0, le=65535)
     """BGP hold time in seconds (0 disables keepalives). Default 9: a dead host loses its
     routes within 9 s even without BFD, and 9 is valid on Yamaha RTX (3..28800)."""
     password_file: Path | None = None
     """File holding the TCP MD5 password (first line). Kept out of the config so the config
     can live in a ConfigMap or git."""
-    multihop_ttl: int | None = Field(default=None, ge=1, le=255)
+    multihop_ttl: _Int | None = Field(default=None, ge=1, le=255)
     """Outgoing TTL for a peer that is not directly connected. Default: unset (TTL 1 is not
     forced; ExaBGP's default)."""
     families: tuple[Literal["ipv4", "ipv6"], ...] = ("ipv4",)
@@ -273,10 +338,10 @@ class PeerConfig(_Model):
     speak nothing else, and an unknown capability can make a router refuse the session."""
     passive: bool = False
     """Wait for the router to connect instead of connecting. Default false."""
-    graceful_restart: int | None = Field(default=None, ge=1, le=4095)
+    graceful_restart: _Int | None = Field(default=None, ge=1, le=4095)
     """Advertise graceful restart with this restart time. Default off: with it, the router keeps
     routes of a stopped speaker for this long, which is the opposite of a fast withdrawal."""
-    port: int = Field(default=179, ge=1, le=65535)
+    port: _Int = Field(default=179, ge=1, le=65535)
     """The router's BGP port."""
     listen: bool | Literal["auto"] = "auto"
     """Also accept the router's connections on port 179 of `local_address`, not only connect
@@ -353,7 +418,7 @@ def _check_communities(v: tuple[str, ...]) -> tuple[str, ...]:
         if c in _WELL_KNOWN_COMMUNITIES:
             continue
         if not m or int(m[1]) > 65535 or int(m[2]) > 65535:
-            raise ValueError(f"{c!r} is not a community: use ASN:VALUE, both 0-65535, or no-export")
+            raise ValueError(f"{quote(c)} is not a community: use ASN:VALUE, both 0-65535, or no-export")
     return v
 
 
@@ -361,20 +426,20 @@ def _check_large_communities(v: tuple[str, ...]) -> tuple[str, ...]:
     for c in v:
         m = _LARGE_COMMUNITY_RE.match(c)
         if not m or any(int(x) > 4_294_967_295 for x in m.groups()):
-            raise ValueError(f"{c!r} is not a large community: use A:B:C, each 0-4294967295")
+            raise ValueError(f"{quote(c)} is not a large community: use A:B:C, each 0-4294967295")
     return v
 
 
 class RouteAttributes(_Model):
-    med: int | None = Field(default=None, ge=0, le=4_294_967_295)
+    med: _Int | None = Field(default=None, ge=0, le=4_294_967_295)
     """MULTI_EXIT_DISC; lower is preferred. Default: unset (or derived from `priority`)."""
-    local_preference: int | None = Field(default=None, ge=0, le=4_294_967_295)
+    local_preference: _Int | None = Field(default=None, ge=0, le=4_294_967_295)
     """LOCAL_PREF, only meaningful towards iBGP peers. Default unset."""
     communities: tuple[str, ...] = ()
     """Standard communities, `ASN:VALUE` or `no-export`."""
     large_communities: tuple[str, ...] = ()
     """Large communities, `A:B:C`."""
-    as_path_prepend: int = Field(default=0, ge=0, le=16)
+    as_path_prepend: _Int = Field(default=0, ge=0, le=16)
     """Prepend this host's AS this many times. Default 0."""
 
     _v_comm = field_validator("communities")(classmethod(lambda cls, v: _check_communities(v)))
@@ -396,7 +461,7 @@ class VipConfig(RouteAttributes):
     """Health checks. None: the VIP is announced whenever the speaker runs."""
     require: Literal["all", "any"] = "all"
     """`all`: every check must be UP; `any`: one is enough. Default all."""
-    priority: int | None = Field(default=None, ge=1, le=254)
+    priority: _Int | None = Field(default=None, ge=1, le=254)
     """keepalived-style priority, higher wins. Overrides the top-level `priority` for this VIP."""
 
     @field_validator("interface")
@@ -427,9 +492,9 @@ _LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?
 def _check_labels(v: dict[str, str]) -> dict[str, str]:
     for k, val in v.items():
         if not _LABEL_KEY_RE.match(k):
-            raise ValueError(f"{k!r} is not a Kubernetes label key")
+            raise ValueError(f"{quote(k)} is not a Kubernetes label key")
         if not _LABEL_VALUE_RE.match(val):
-            raise ValueError(f"{val!r} (for {k!r}) is not a Kubernetes label value")
+            raise ValueError(f"{quote(val)} (for {quote(k)}) is not a Kubernetes label value")
     return v
 
 
@@ -445,17 +510,18 @@ def parse_address_block(text: str) -> AddressRange:
             lo, hi = ip_address(lo_s), ip_address(hi_s)
         except ValueError:
             raise ValueError(
-                f"{text!r} is not a range: use FIRST-LAST, e.g. 203.0.113.10-203.0.113.20"
+                f"{quote(text)} is not a range: use FIRST-LAST, e.g. 203.0.113.10-203.0.113.20"
             ) from None
         if lo.version != hi.version:
-            raise ValueError(f"{text!r} mixes IPv4 and IPv6")
+            raise ValueError(f"{quote(text)} mixes IPv4 and IPv6")
         if int(hi) < int(lo):
-            raise ValueError(f"{text!r} ends before it starts")
+            raise ValueError(f"{quote(text)} ends before it starts")
         return (lo, hi)  # type: ignore[return-value]
     try:
         net = ip_network(text, strict=True)
     except ValueError as e:
-        raise ValueError(f"{text!r} is not a CIDR or range ({e})") from None
+        detail = str(e).replace(repr(text), "it")  # ipaddress quotes the whole input
+        raise ValueError(f"{quote(text)} is not a CIDR or range ({clip(detail)})") from None
     return (net[0], net[-1])  # type: ignore[return-value]
 
 
@@ -518,8 +584,10 @@ class KubernetesConfig(_Model):
     next to another load-balancer implementation."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     """Announce Service IPs only from nodes with these labels. Default: every node."""
-    watch_timeout: float = Field(default=300.0, gt=0, le=86400)
-    """A watch that delivers nothing (not even a bookmark) for this long is restarted."""
+    watch_timeout: _Float = Field(default=300.0, ge=10, le=86400)
+    """A watch that delivers nothing (not even a bookmark) for this long is restarted.
+    Default 300. At least 10: every restart is a new request to the apiserver, and a quiet
+    cluster sends nothing for longer than that."""
 
     _v_sel = field_validator("node_selector")(classmethod(lambda cls, v: _check_labels(v)))
 
@@ -529,16 +597,18 @@ class StatusConfig(_Model):
     """Serve `/status`, `/metrics` and `/healthz`."""
     listen: _IPAddress = IPv4Address("127.0.0.1")
     """Address to bind. Default loopback: the endpoint is unauthenticated."""
-    port: int = Field(default=9474, ge=1, le=65535)
+    port: _Int = Field(default=9474, ge=1, le=65535)
     """TCP port. Default 9474."""
 
 
 class ExabgpConfig(_Model):
-    reactor_speed: float = Field(default=0.1, gt=0, le=5)
+    reactor_speed: _Float = Field(default=0.1, ge=0.01, le=5)
     """ExaBGP's `exabgp.reactor.speed` (seconds its loop may sleep). Default 0.1 instead of
-    ExaBGP's 1.0: measured 10,000 routes in 3.2 s instead of 4.7 s at the same CPU."""
-    executable: str = "exabgp"
-    """ExaBGP command `bgpvip run` starts (looked up in PATH, then next to bgpvip)."""
+    ExaBGP's 1.0: measured 10,000 routes in 3.2 s instead of 4.7 s at the same CPU. At least
+    0.01: shorter sleeps make ExaBGP's idle loop a busy one (docs/performance.md)."""
+    executable: str = Field(default="exabgp", min_length=1)
+    """ExaBGP command `bgpvip run` starts (looked up in PATH, then next to bgpvip).
+    `bgpvip check-config` and `bgpvip run` check that it exists and is executable."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     """ExaBGP's log level."""
 
@@ -550,7 +620,7 @@ class Config(_Model):
     """This host's name in logs, metrics and Events. Default: the hostname."""
     bgp: BgpConfig
     vips: tuple[VipConfig, ...] = ()
-    priority: int | None = Field(default=None, ge=1, le=254)
+    priority: _Int | None = Field(default=None, ge=1, le=254)
     """keepalived-style priority of this host (1-254, higher wins) for routers without ECMP,
     such as Yamaha RTX. Default unset: all healthy hosts announce equally (ECMP)."""
     priority_attribute: Literal["med", "as-path"] = "med"
@@ -562,12 +632,27 @@ class Config(_Model):
     under /var/lib so a drain survives a reboot during maintenance."""
     runtime_dir: Path = Path("/run/bgpvip")
     """Rendered ExaBGP config, pid and stop markers. Default /run/bgpvip (tmpfs)."""
-    shutdown_delay: float = Field(default=2.0, ge=0, le=600)
+    shutdown_delay: _Float = Field(default=2.0, ge=0, le=600)
     """Seconds between withdrawing everything and removing addresses on SIGTERM: routers must
     converge before the host stops answering on the VIP. Default 2.0."""
-    resync_interval: float = Field(default=30.0, gt=0, le=86400)
+    release_delay: _Float = Field(default=1.0, ge=0, le=600)
+    """Seconds a VIP's address stays on its interface after its route was withdrawn (a failing
+    check, a drain that removes the VIP, a reload that removes it). Routers keep sending traffic
+    for the prefix until they have processed the withdrawal and changed their forwarding table;
+    while the address stays, that traffic is still answered here instead of being dropped (or,
+    with `net.ipv4.ip_forward=1` as kubeadm sets it, sent back to the router in a loop). The
+    same holds for a kube-apiserver that answers `/readyz` with 503 while it keeps serving
+    during `--shutdown-delay-duration`. Announcing the VIP again before the delay is over keeps
+    the address. When the check saw the server die (connection refused or reset) nothing could
+    answer on the address, and it goes at once, so local clients go through the router.
+    0 removes the address right after the withdrawal. Default 1.0: several times a router's
+    usual convergence, short next to any `--shutdown-delay-duration` worth setting. SIGTERM
+    waits `shutdown_delay` instead, or this if it is longer."""
+    resync_interval: _Float = Field(default=30.0, ge=1, le=86400)
     """Seconds between full re-assertions of routes and addresses, in case something outside
-    bgpvip changed them. Default 30: re-announcing an identical route sends nothing on the wire."""
+    bgpvip changed them. Default 30: re-announcing an identical route sends nothing on the wire.
+    At least 1: each resync dumps ExaBGP's whole Adj-RIB-Out and the kernel's addresses, and
+    back to back they keep the speaker and ExaBGP busy with nothing to find."""
     pools: tuple[PoolConfig, ...] = ()
     """Address pools for Service IPs (Kubernetes mode and the controller)."""
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
@@ -704,7 +789,8 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
         elif (part in _DISCRIMINATORS and n >= 2 and loc[n - 2] == "checks") or part.startswith("function-"):
             continue
         else:
-            out += f".{part}" if out else part
+            name = clip(part)  # an unknown key, or a header name, can be of any length
+            out += f".{name}" if out else name
     return out
 
 
@@ -724,7 +810,7 @@ def _message(err: Mapping[str, Any]) -> str:
     }
     if err["type"] in bounds:
         key, op = bounds[err["type"]]
-        return f"must be {op} {ctx.get(key)} (got {err.get('input')!r})"
+        return f"must be {op} {ctx.get(key)} (got {quote(err.get('input'))})"
     if err["type"] == "missing":
         return "is required"
     if err["type"] == "union_tag_invalid":
@@ -745,7 +831,7 @@ def load(data: Any) -> Config:
         for err in e.errors():
             loc = tuple(err["loc"])
             if err["type"] == "invalid_key":
-                path, msg = _format_loc(loc[:-1]), f"key {loc[-1]!r} must be a string"
+                path, msg = _format_loc(loc[:-1]), f"key {quote(loc[-1])} must be a string"
             else:
                 path, msg = _format_loc(loc), _message(err)
             ctx = err.get("ctx") or {}

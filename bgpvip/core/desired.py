@@ -183,6 +183,10 @@ def compute(
         table=table if len(table.by_source) else None,
         override=override,
         undelivered=tuple((v, reason, detail) for v, (reason, detail) in sorted(problems.items())),
+        release_delay=config.release_delay,
+        release_now=frozenset(
+            (vip.address.version, int(vip.address)) for vip in config.vips if server_gone(vip, healths)
+        ),
     )
 
 
@@ -192,3 +196,14 @@ def _undelivered(d: Decision, problems: Mapping[int, tuple[Reason, str]]) -> Dec
         return d
     reason, detail = problem
     return replace(d, reason=reason, detail=f"{detail}; {d.detail}" if d.detail else detail)
+
+
+def server_gone(vip: VipConfig, healths: Mapping[CheckKey, Health]) -> bool:
+    """Whether a check of `vip` is down because it saw its server die (connection refused or
+    reset): nothing answers on the VIP here any more, so holding its address after the
+    withdrawal would only keep local clients from going through the router."""
+    for key in check_keys(vip):
+        h = healths.get(key)
+        if h is not None and h.state == State.DOWN and h.last_failure is not None and h.last_failure.broken:
+            return True
+    return False

@@ -47,6 +47,13 @@ class Health:
         return self.state in (State.INIT, State.RISING, State.FALLING)
 
 
+def described(h: Health) -> tuple[State, int, str | None]:
+    """What a VIP's decision says about a check: its state, its count towards the next state
+    (`2/3 successes`) and the detail of its last failure. A probe result that changes none of
+    these changes no decision, so the loop need not compute them again for it."""
+    return (h.state, h.count, h.last_failure.detail if h.last_failure else None)
+
+
 def initial(*, assume_up: bool = False, now: float = 0.0) -> Health:
     """A fresh check. `assume_up` seeds it UP when the route is already announced (a restarted
     helper found it in ExaBGP's Adj-RIB-Out), so a restart never withdraws a healthy route."""

@@ -140,6 +140,10 @@ class Desired:
     undelivered: tuple[tuple[int, Reason, str], ...] = ()
     """(IP version, reason, detail) for each family no BGP session carries: the announcing
     decisions of `table` in that family read so (the route stays in ExaBGP)."""
+    release_delay: float = 0.0
+    """Seconds an address stays after its route was withdrawn (the router is still converging)."""
+    release_now: frozenset[tuple[int, int]] = frozenset()
+    """Prefixes (`Route.key`) whose address goes at once after the withdraw: nothing serves it."""
     _merged: list[tuple[Decision, ...]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __eq__(self, other: object) -> bool:
@@ -245,6 +249,32 @@ class Applied:
 
     routes: frozenset[Route] = frozenset()
     addresses: frozenset[tuple[str, IPInterface]] = frozenset()
+    """Addresses bgpvip put there (it owns them, and may remove them)."""
+    foreign: frozenset[tuple[str, IPInterface]] = frozenset()
+    """Addresses bgpvip wants that were already there and are not its own: present, so a
+    route may be announced for them, but never added again or removed by bgpvip."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnitFailure:
+    """Why one prefix is not where the plan wanted it: the step that failed, and since when."""
+
+    step: str
+    """`withdraw`, `address-remove`, `address-add` or `announce`."""
+    error: str
+    since: float
+    """Clock reading (the loop's clock) of the first failure in a row."""
+    attempts: int = 1
+
+    @property
+    def reason(self) -> str:
+        """A reason in the style of `Reason`, for `bgpvip routes` and the metrics."""
+        return {
+            "withdraw": "withdrawFailed",
+            "address-remove": "addressRemoveFailed",
+            "address-add": "addressFailed",
+            "announce": "announceFailed",
+        }.get(self.step, "failed")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -477,6 +477,53 @@ def test_a_speaker_that_only_lists_addresses_never_imports_pyroute2(netns: str, 
     assert ("v0", "192.0.2.51/32") in kernel_addresses(netns)
 
 
+@pytest.mark.netns
+@root_only
+def test_a_speaker_with_vips_opens_netlink_at_start_not_at_its_first_announcement(
+    netns: str, tmp_path: Path
+) -> None:
+    """The speaker awaits `prepare_addresses` before it starts the reconcile loop: when it
+    returns, pyroute2 is imported and its socket open, so the first `address-add` (right
+    after the first check goes up) does not pay for the import. A speaker without VIP
+    interfaces does not load pyroute2 at all."""
+    code = """
+        import asyncio, sys
+        from pathlib import Path
+        from bgpvip.adapters.netlink import AddressManager
+        from bgpvip.core.config import load
+        from bgpvip.daemon import prepare_addresses
+
+        def pyroute2():
+            return sorted(m for m in sys.modules if m.startswith("pyroute2"))
+
+        ns, state_dir = sys.argv[1], Path(sys.argv[2])
+        bgp = {"local_as": 65100, "peers": [{"address": "192.0.2.1", "peer_as": 65000}]}
+        services_only = load({"bgp": bgp, "pools": [{"name": "p", "addresses": ["203.0.113.0/24"]}]})
+        with_vip = load({"bgp": bgp, "vips": [{"address": "198.51.100.10", "interface": "lo"}]})
+
+        async def main():
+            with AddressManager(ns, state_dir=state_dir) as mgr:
+                assert prepare_addresses(services_only, mgr) is None
+                assert not mgr.ready and pyroute2() == [], pyroute2()
+                warming = prepare_addresses(with_vip, mgr)
+                assert warming is not None
+                await warming
+                assert mgr.ready, "the socket is open before the loop starts"
+                assert "pyroute2.iproute.linux" in pyroute2(), pyroute2()
+                assert prepare_addresses(with_vip, mgr) is None, "done once"
+
+        asyncio.run(main())
+        """
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), netns, str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 # --------------------------------------------------------------------------- rtnetlink parsing, crafted bytes
 
 

@@ -50,6 +50,9 @@ class HttpServer:
     drop_reused: bool = False
     """Close a reused connection when its next request arrives, without answering (the idle-close race)."""
     ssl_context: ssl.SSLContext | None = None
+    unauthorized_without_client_cert: bool = False
+    """Answer 401 to a connection that presented no client certificate, as a kube-apiserver
+    with `--anonymous-auth=false` does (its TLS layer asks for a certificate but accepts none)."""
     connections: int = 0
     requests: list[str] = field(default_factory=list)
     port: int = 0
@@ -58,7 +61,7 @@ class HttpServer:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> HttpServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl_context)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -95,7 +98,9 @@ class HttpServer:
                 if self.hang:
                     await reader.read()  # never answers; ends when either side drops the connection
                     return
-                writer.write(self._response(head))
+                anonymous = not writer.get_extra_info("peercert")
+                status = 401 if self.unauthorized_without_client_cert and anonymous else self.status
+                writer.write(self._response(head, status))
                 await writer.drain()
                 served += 1
                 if not self.keep_alive:
@@ -107,8 +112,8 @@ class HttpServer:
             self._writers.discard(writer)
             writer.transport.abort()
 
-    def _response(self, head: bytes) -> bytes:
-        lines = [f"HTTP/1.1 {self.status} X"]
+    def _response(self, head: bytes, status: int) -> bytes:
+        lines = [f"HTTP/1.1 {status} X"]
         if not self.keep_alive:
             lines.append("Connection: close")
         body = b"" if head.startswith(b"HEAD ") else self.body
@@ -216,12 +221,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def server_tls(
-    pki: Pki, *, require_client_cert: bool = False, seen_sni: list[str | None] | None = None
+    pki: Pki,
+    *,
+    require_client_cert: bool = False,
+    ask_client_cert: bool = False,
+    seen_sni: list[str | None] | None = None,
 ) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(pki.server_cert, pki.server_key)
-    if require_client_cert:
-        ctx.verify_mode = ssl.CERT_REQUIRED
+    if require_client_cert or ask_client_cert:
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
         ctx.load_verify_locations(pki.ca)
     if seen_sni is not None:
 
@@ -413,7 +422,119 @@ async def test_https_client_certificate(http_server: Any, probes: Any, pki: Pki)
 async def test_https_missing_ca_file_is_a_result_not_an_exception(probes: Any, tmp_path: Path) -> None:
     result = await probes(make_probe(http("https://127.0.0.1:1/", ca_file=tmp_path / "nope.crt"))).run()
     assert not result.ok
-    assert result.detail.startswith("TLS setup: ")
+    assert result.detail == f"TLS setup: CA file {tmp_path / 'nope.crt'} does not exist"
+
+
+def make_pki(directory: Path, name: str) -> Pki:
+    """A whole cluster PKI as `kubeadm init` makes it: a CA, an apiserver certificate, a probe
+    client certificate. Each call is a different CA (a second `kubeadm init`)."""
+    d = directory / name
+    d.mkdir()
+    ca = issue(d, "ca", cn=f"kubernetes-{name}", issuer=None)
+    issue(d, "server", cn="kube-apiserver", issuer=ca, sans=(x509.DNSName("kubernetes"),))
+    issue(d, "client", cn="bgpvip-probe", issuer=ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    return Pki(
+        d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key", d / "ca.crt"
+    )
+
+
+def install(src: Path, dst: Path) -> None:
+    """Write a file the way kubeadm and most tools do: a new file renamed into place."""
+    tmp = dst.with_suffix(".tmp")
+    tmp.write_bytes(src.read_bytes())
+    tmp.replace(dst)
+
+
+async def test_kube_apiserver_check_waits_for_the_ca_and_follows_a_new_cluster(
+    http_server: Any, probes: Any, tmp_path: Path
+) -> None:
+    """Before `kubeadm init` there is no CA; after `kubeadm reset` and a second `kubeadm init`
+    there is a different one. The probe was stuck on the first (certificate verify failed)
+    until bgpvip restarted, and kubeadm waited for an endpoint that never came."""
+    pki_dir = tmp_path / "etc-kubernetes-pki"
+    pki_dir.mkdir()
+    ca_path = pki_dir / "ca.crt"
+    first, second = make_pki(tmp_path, "first"), make_pki(tmp_path, "second")
+    server = await http_server(ssl_context=server_tls(first))
+    probe = probes(make_probe(KubeApiserverCheck(type="kube-apiserver", port=server.port, ca_file=ca_path)))
+
+    missing = await probe.run()
+    assert (missing.ok, missing.detail) == (False, f"TLS setup: CA file {ca_path} does not exist")
+
+    install(first.ca, ca_path)  # kubeadm init writes the CA
+    assert (await probe.run()).ok
+
+    await server.kill()  # kubeadm reset; kubeadm init: a new CA, a new apiserver certificate
+    server = await http_server(ssl_context=server_tls(second), port=server.port)
+    install(second.ca, ca_path)
+    result = await probe.run()
+    assert result.ok, result.detail
+
+
+async def test_ca_rotation_is_followed_on_a_kept_alive_connection(
+    http_server: Any, probes: Any, tmp_path: Path
+) -> None:
+    """A changed CA drops the kept-alive connection, so the new trust is checked at once."""
+    first, second = make_pki(tmp_path, "first"), make_pki(tmp_path, "second")
+    ca_path = tmp_path / "ca.crt"
+    install(first.ca, ca_path)
+    server = await http_server(ssl_context=server_tls(first))
+    probe = probes(make_probe(http(server.url, ca_file=ca_path, tls_server_name="kubernetes")))
+    assert all([(await probe.run()).ok for _ in range(5)])
+    assert server.connections == 1
+    install(second.ca, ca_path)  # the server still has a certificate from the first CA
+    rotated = await probe.run()
+    assert not rotated.ok, "the kept-alive connection must not outlive the trust it was made with"
+    assert rotated.detail.startswith("TLS: certificate verify failed"), rotated.detail
+    install(first.ca, ca_path)
+    assert (await probe.run()).ok
+    assert server.connections == 2
+
+
+async def test_unchanged_tls_files_are_not_loaded_again(http_server: Any, probes: Any, pki: Pki) -> None:
+    server = await http_server(ssl_context=server_tls(pki))
+    probe = probes(make_probe(http(server.url, ca_file=pki.ca, tls_server_name="kubernetes")))
+    assert isinstance(probe, HttpProbe)
+    for _ in range(10):
+        assert (await probe.run()).ok
+    assert probe._material.generation == 1
+    assert server.connections == 1
+
+
+async def test_kube_apiserver_check_with_a_client_certificate_when_anonymous_auth_is_off(
+    http_server: Any, probes: Any, tmp_path: Path
+) -> None:
+    """`--anonymous-auth=false`: /readyz answers 401 forever to an anonymous probe. A probe
+    certificate signed by the cluster CA is enough; it may be made after bgpvip starts."""
+    cluster = make_pki(tmp_path, "cluster")
+    server = await http_server(
+        ssl_context=server_tls(cluster, ask_client_cert=True), unauthorized_without_client_cert=True
+    )
+    anonymous = probes(
+        make_probe(KubeApiserverCheck(type="kube-apiserver", port=server.port, ca_file=cluster.ca))
+    )
+    assert (await anonymous.run()).detail == "HTTP 401"
+
+    cert, key = tmp_path / "bgpvip-probe.crt", tmp_path / "bgpvip-probe.key"
+    check = KubeApiserverCheck(
+        type="kube-apiserver", port=server.port, ca_file=cluster.ca, client_cert=cert, client_key=key
+    )
+    probe = probes(make_probe(check))
+    not_yet = await probe.run()
+    assert (not_yet.ok, not_yet.detail) == (False, f"TLS setup: client certificate {cert} does not exist")
+    install(cluster.client_key, key)
+    install(cluster.client_cert, cert)
+    result = await probe.run()
+    assert result.ok, result.detail
+    assert server.requests[-1] == "GET /readyz HTTP/1.1"
+
+
+@pytest.mark.timeout(10)
+async def test_tls_files_that_are_fifos_fail_the_probe_without_blocking(probes: Any, tmp_path: Path) -> None:
+    fifo = tmp_path / "ca.crt"
+    os.mkfifo(fifo)
+    result = await probes(make_probe(http("https://127.0.0.1:1/", ca_file=fifo))).run()
+    assert result.detail == f"TLS setup: CA file {fifo} is a FIFO, not a regular file"
 
 
 async def test_kube_apiserver_check_readyz(http_server: Any, probes: Any, pki: Pki) -> None:
@@ -557,8 +678,8 @@ async def test_exec_failure_reports_first_stderr_line() -> None:
     result = await ExecProbe(exec_check("sh", "-c", script)).run()
     assert not result.ok
     assert result.detail.startswith("exit 3: db is down: xxx")
-    assert len(result.detail) <= 100
-    assert result.detail.endswith("…")
+    assert result.detail.endswith("… (320 characters)")
+    assert len(result.detail) < 250
 
 
 async def test_exec_missing_command() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -49,10 +50,12 @@ def config_doc(tmp_path: Path, **over: Any) -> dict[str, Any]:
 class FakeExaBgpPipes:
     """The ExaBGP end of the API pipes: reads commands, answers `done`."""
 
-    def __init__(self, argv: list[str], **kw: Any) -> None:
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
-        )
+    def __init__(self, argv: list[str], *, stderr_file: Path | None = None, **kw: Any) -> None:
+        self._stderr_file = stderr_file
+        err: Any = stderr_file.open("wb") if stderr_file is not None else subprocess.PIPE
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, **kw)
+        if stderr_file is not None:
+            err.close()
         assert self.proc.stdout is not None and self.proc.stdin is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
         self._buf = b""
@@ -82,6 +85,8 @@ class FakeExaBgpPipes:
         self.proc.stdin.flush()
 
     def stderr(self) -> str:
+        if self._stderr_file is not None:
+            return self._stderr_file.read_text(errors="replace")
         if self.proc.poll() is None:
             return "(still running)"
         assert self.proc.stderr is not None
@@ -164,11 +169,16 @@ def test_exits_on_shutdown_notice(tmp_path: Path) -> None:
         exa.close()
 
 
-def test_bad_config_waits_instead_of_crash_looping_then_starts_when_fixed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["invalid-field", "impossible-date"])
+def test_bad_config_waits_instead_of_crash_looping_then_starts_when_fixed(tmp_path: Path, kind: str) -> None:
     cfg = tmp_path / "config.yaml"
     bad = config_doc(tmp_path)
-    bad["vips"][0]["checks"] = [{"type": "tcp", "port": 80, "interval": 0}]
-    cfg.write_text(json.dumps(bad))
+    if kind == "invalid-field":
+        bad["vips"][0]["checks"] = [{"type": "tcp", "port": 80, "interval": 0}]
+        text, words = json.dumps(bad), "vips[0].checks[0].interval: must be >= 0.005"
+    else:  # PyYAML raised ValueError for it, which crashed the speaker at start
+        text, words = json.dumps(bad)[:-1] + ', "node_name": 2024-99-99}', "cannot read '2024-99-99'"
+    cfg.write_text(text)
     exa = FakeExaBgpPipes(speaker_argv(cfg))
     try:
         time.sleep(1.5)
@@ -182,7 +192,52 @@ def test_bad_config_waits_instead_of_crash_looping_then_starts_when_fixed(tmp_pa
         assert exa.proc.stdin is not None
         exa.proc.stdin.close()
         assert exa.proc.wait(timeout=10) == 0
-        assert "vips[0].checks[0].interval: must be > 0" in exa.stderr()
+        assert words in exa.stderr()
+    finally:
+        exa.close()
+
+
+def test_bad_reloads_keep_the_speaker_running_on_its_last_good_config(tmp_path: Path) -> None:
+    """Files that raised ValueError or RecursionError in the reload task killed the speaker
+    (and ExaBGP respawned it into the same crash): each is rejected, the speaker stays, and a
+    good file afterwards is applied."""
+    cfg = tmp_path / "config.yaml"
+    good = json.dumps(config_doc(tmp_path))
+    cfg.write_text(good)
+    log = tmp_path / "speaker.log"
+    exa = FakeExaBgpPipes(speaker_argv(cfg), stderr_file=log)
+    bad_files = [
+        good[:-1] + ', "node_name": 2024-99-99}',
+        good[:-1] + ', "priority": ' + "9" * 5000 + "}",
+        good[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}",
+    ]
+    try:
+        handshake_and_announce(exa)
+        for n, text in enumerate(bad_files, start=1):
+            cfg.write_text(text)
+            exa.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while exa.stderr().count("event=reload-rejected") < n:
+                assert exa.proc.poll() is None, f"the speaker died on a bad reload:\n{exa.stderr()}"
+                assert time.monotonic() < deadline, f"no reload-rejected:\n{exa.stderr()}"
+                time.sleep(0.05)
+        assert "Traceback" not in exa.stderr()
+        second = "198.51.100.11"
+        cfg.write_text(
+            json.dumps(
+                config_doc(
+                    tmp_path,
+                    vips=[{"address": VIP, "interface": None}, {"address": second, "interface": None}],
+                )
+            )
+        )
+        exa.proc.send_signal(signal.SIGHUP)
+        line = exa.read_line()
+        exa.send("done")
+        assert line.endswith(f"nlri {second}/32")
+        assert exa.proc.stdin is not None
+        exa.proc.stdin.close()
+        assert exa.proc.wait(timeout=10) == 0
     finally:
         exa.close()
 

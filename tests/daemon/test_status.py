@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from bgpvip.cli import render_routes_table
 from bgpvip.core.config import load
 from bgpvip.core.desired import NodeState, compute
 from bgpvip.core.model import Applied
@@ -122,3 +123,27 @@ def test_every_configured_peer_has_its_gauges_and_up_means_carrying_its_families
     (_, v6) = board.snapshot()["peers"]
     assert (v6["state"], v6["families_negotiated"], v6["carries_every_family"]) == ("up", ["ipv6"], False)
     assert v6["reason"] == "up without ipv4 unicast: the router's OPEN did not offer it"
+
+
+@pytest.mark.parametrize(
+    ("vip", "shown"),
+    [({"as_path_prepend": 2}, "prepend=2"), ({"as_path_prepend": 1}, "prepend=1"), ({}, "-")],
+    ids=["two", "one", "none"],
+)
+def test_routes_table_shows_the_configured_prepend_count(vip: dict[str, Any], shown: str) -> None:
+    """The route carries the local AS once more than prepended (ExaBGP sends the whole path);
+    the table shows what the operator configured."""
+    config = load(
+        {
+            "bgp": {"local_as": 65100, "peers": [{"address": "10.0.1.1", "peer_as": 65000}]},
+            "vips": [{"address": "198.51.100.10", "checks": [], **vip}],
+        }
+    )
+    desired = compute(config, {}, NodeState())
+    board = StatusBoard("n1")
+    board.reconciled(World(config=config), desired, Applied(desired.routes, frozenset()), 0.001)
+    (decision,) = board.snapshot()["decisions"]
+    if vip:
+        assert decision["attributes"]["as_path"] == [65100] * (vip["as_path_prepend"] + 1)
+    line = render_routes_table(board.snapshot()).splitlines()[2]
+    assert line.split()[5] == shown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import typing
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 
 from bgpvip.core import config as cfg
 from bgpvip.core.config import ConfigError, load
+from bgpvip.core.text import clip, quote
 
 MINIMAL: dict[str, Any] = {
     "bgp": {"local_as": 65001, "peers": [{"address": "192.0.2.1", "peer_as": 65000}]},
@@ -68,6 +70,8 @@ FULL: dict[str, Any] = {
                     "ca_file": "/etc/k8s/ca.crt",
                     "tls_server_name": "kubernetes.default",
                     "insecure": False,
+                    "client_cert": "/etc/kubernetes/pki/bgpvip-probe.crt",
+                    "client_key": "/etc/kubernetes/pki/bgpvip-probe.key",
                     "interval": 0.5,
                     "fast_interval": 0.05,
                     "timeout": 2.0,
@@ -110,6 +114,7 @@ FULL: dict[str, Any] = {
     "drain_file": "/etc/bgpvip/drain",
     "runtime_dir": "/run/bgpvip-test",
     "shutdown_delay": 5.0,
+    "release_delay": 0.5,
     "resync_interval": 60.0,
     "pools": [
         {
@@ -176,6 +181,7 @@ DEFAULTS = [
     ("drain_file", lambda c: c.drain_file, Path("/var/lib/bgpvip/drain")),
     ("runtime_dir", lambda c: c.runtime_dir, Path("/run/bgpvip")),
     ("shutdown_delay", lambda c: c.shutdown_delay, 2.0),
+    ("release_delay", lambda c: c.release_delay, 1.0),
     ("resync_interval", lambda c: c.resync_interval, 30.0),
     ("pools", lambda c: c.pools, ()),
     ("bgp.router_id", lambda c: c.bgp.router_id, None),
@@ -338,6 +344,10 @@ def test_full_config_loads_every_field() -> None:
     assert isinstance(web, cfg.HttpCheck)
     assert (web.method, web.expect_status, web.headers) == ("HEAD", (200, 204), {"Host": "api.example"})
     assert (web.client_cert, web.client_key) == (Path("/etc/ssl/client.pem"), Path("/etc/ssl/client.key"))
+    assert (kube.as_http().client_cert, kube.as_http().client_key) == (
+        Path("/etc/kubernetes/pki/bgpvip-probe.crt"),
+        Path("/etc/kubernetes/pki/bgpvip-probe.key"),
+    )
     assert isinstance(db, cfg.TcpCheck)
     assert (db.host, db.port, db.interval) == ("127.0.0.2", 5432, 0.3)
     assert isinstance(script, cfg.ExecCheck)
@@ -346,6 +356,7 @@ def test_full_config_loads_every_field() -> None:
     assert c.vips[1].interface is None
     assert (c.priority, c.priority_attribute, c.drain_file) == (100, "as-path", Path("/etc/bgpvip/drain"))
     assert (c.runtime_dir, c.shutdown_delay, c.resync_interval) == (Path("/run/bgpvip-test"), 5.0, 60.0)
+    assert c.release_delay == 0.5
     pool = c.pools[0]
     assert pool.ranges[1] == (IPv4Address("203.0.113.200"), IPv4Address("203.0.113.210"))
     assert pool.contains(IPv6Address("2001:db8:1::ff"))
@@ -428,12 +439,12 @@ DROP = object()  # marks a top-level key to delete from MINIMAL
 # fmt: off
 BAD: list[tuple[str, dict[str, Any], str, str]] = [
     # (id, top-level keys replaced in MINIMAL, exact path, substring of the message)
-    ("interval-zero", {"vips": [vip(), vip("198.51.100.2", checks=[tcp(interval=0)])]}, "vips[1].checks[0].interval", "must be > 0"),
+    ("interval-zero", {"vips": [vip(), vip("198.51.100.2", checks=[tcp(interval=0)])]}, "vips[1].checks[0].interval", "must be >= 0.005 (got 0)"),
     ("interval-too-big", {"vips": [vip(checks=[tcp(interval=7200)])]}, "vips[0].checks[0].interval", "must be <= 3600"),
     ("interval-nan", {"vips": [vip(checks=[tcp(interval=float("nan"))])]}, "vips[0].checks[0].interval", "got nan"),
     ("rise-zero", {"vips": [vip(checks=[http(rise=0)])]}, "vips[0].checks[0].rise", "must be >= 1 (got 0)"),
     ("fall-negative", {"vips": [vip(checks=[{"type": "kube-apiserver", "fall": -1}])]}, "vips[0].checks[0].fall", "must be >= 1"),
-    ("exec-timeout", {"vips": [vip(checks=[{"type": "exec", "command": ["x"], "timeout": 0}])]}, "vips[0].checks[0].timeout", "must be > 0"),
+    ("exec-timeout", {"vips": [vip(checks=[{"type": "exec", "command": ["x"], "timeout": 0}])]}, "vips[0].checks[0].timeout", "must be >= 0.05"),
     ("unknown-top-field", {"vip": []}, "vip", "unknown field"),
     ("unknown-vip-field", {"vips": [vip(adress="x")]}, "vips[0].adress", "unknown field"),
     ("unknown-check-field", {"vips": [vip(checks=[tcp(intervall=1)])]}, "vips[0].checks[0].intervall", "unknown field"),
@@ -533,7 +544,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("pool-selector-prefix", {"pools": [{**POOL, "service_selector": {"Example.com/app": "web"}}]}, "pools[0].service_selector", "not a Kubernetes label key"),
     ("node-selector-value", {"kubernetes": {"node_selector": {"role": "edge!"}}}, "kubernetes.node_selector", "not a Kubernetes label value"),
     ("node-selector-key-exec", {"kubernetes": {"node_selector": {"exec": 1}}}, "kubernetes.node_selector.exec", "valid string"),
-    ("watch-timeout", {"kubernetes": {"watch_timeout": 0}}, "kubernetes.watch_timeout", "must be > 0"),
+    ("watch-timeout", {"kubernetes": {"watch_timeout": 0}}, "kubernetes.watch_timeout", "must be >= 10"),
     ("status-port", {"status": {"port": 70000}}, "status.port", "must be <= 65535"),
     ("status-listen", {"status": {"listen": "localhost"}}, "status.listen", "not a valid IPv4 or IPv6"),
     ("exabgp-log-level", {"exabgp": {"log_level": "TRACE"}}, "exabgp.log_level", "'DEBUG'"),
@@ -542,7 +553,10 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("node-name-underscore", {"node_name": "node_1"}, "node_name", "DNS-1123"),
     ("node-name-trailing-dash", {"node_name": "node-"}, "node_name", "DNS-1123"),
     ("shutdown-delay-negative", {"shutdown_delay": -1}, "shutdown_delay", "must be >= 0"),
-    ("resync-zero", {"resync_interval": 0}, "resync_interval", "must be > 0"),
+    ("release-delay-negative", {"release_delay": -0.1}, "release_delay", "must be >= 0"),
+    ("resync-zero", {"resync_interval": 0}, "resync_interval", "must be >= 1"),
+    ("kube-client-cert-without-key", {"vips": [vip(checks=[{"type": "kube-apiserver", "client_cert": "/c.pem"}])]}, "vips[0].checks[0]", "client_cert and client_key go together"),
+    ("exabgp-executable-empty", {"exabgp": {"executable": ""}}, "exabgp.executable", "at least 1 character"),
     ("vips-not-a-list", {"vips": {"address": "198.51.100.1"}}, "vips", "valid tuple"),
 ]
 # fmt: on
@@ -798,3 +812,244 @@ def test_peer_constraints_exabgp_needs(doc: dict[str, Any], path: str, words: st
     with pytest.raises(ConfigError) as e:
         load(doc)
     assert any(p == path and words in m for p, m in e.value.problems), e.value.problems
+
+
+# --------------------------------------------------------------------------- numbers and timers
+
+# Where an instance of each model sits in FULL; test_every_model_has_a_place keeps it complete.
+MODEL_PLACES: dict[type[BaseModel], tuple[Any, ...]] = {
+    cfg.Config: (),
+    cfg.BgpConfig: ("bgp",),
+    cfg.PeerConfig: ("bgp", "peers", 0),
+    cfg.VipConfig: ("vips", 0),
+    cfg.KubeApiserverCheck: ("vips", 0, "checks", 0),
+    cfg.HttpCheck: ("vips", 0, "checks", 1),
+    cfg.TcpCheck: ("vips", 0, "checks", 2),
+    cfg.ExecCheck: ("vips", 0, "checks", 3),
+    cfg.PoolConfig: ("pools", 0),
+    cfg.KubernetesConfig: ("kubernetes",),
+    cfg.StatusConfig: ("status",),
+    cfg.ExabgpConfig: ("exabgp",),
+}
+
+
+def _types_in(tp: Any) -> list[Any]:
+    """The plain types a field annotation is made of (through Annotated, unions, tuples)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return []
+    if origin is not None:
+        return [t for a in typing.get_args(tp) if a is not Ellipsis for t in _types_in(a)]
+    return [tp]
+
+
+def _numeric_fields(model: type[BaseModel]) -> list[tuple[str, bool]]:
+    """(field, holds a list) for every field of `model` that takes integers or floats."""
+    out = []
+    for name, info in model.model_fields.items():
+        kinds = _types_in(info.annotation)
+        if int in kinds or float in kinds:
+            out.append((name, typing.get_origin(info.annotation) is tuple))
+    return out
+
+
+def _models_reachable(model: type[BaseModel]) -> set[type[BaseModel]]:
+    seen = {model}
+    for info in model.model_fields.values():
+        for t in _types_in(info.annotation):
+            if isinstance(t, type) and issubclass(t, BaseModel) and t not in seen:
+                seen |= _models_reachable(t)
+    return seen
+
+
+def test_every_model_has_a_place() -> None:
+    assert _models_reachable(cfg.Config) == set(MODEL_PLACES)
+
+
+NUMERIC_FIELDS = [
+    (place, name, is_list)
+    for model, place in MODEL_PLACES.items()
+    for name, is_list in _numeric_fields(model)
+]
+
+
+@pytest.mark.parametrize(
+    ("place", "name", "is_list"),
+    NUMERIC_FIELDS,
+    ids=[_dotted((*p, n)) for p, n, _ in NUMERIC_FIELDS],
+)
+@pytest.mark.parametrize("boolean", [True, False], ids=["true", "false"])
+def test_booleans_are_refused_by_every_numeric_field(
+    place: tuple[Any, ...], name: str, is_list: bool, boolean: bool
+) -> None:
+    """`peer_as: yes` was 1 and `port: no` was 0: YAML's booleans are not numbers."""
+    doc = copy.deepcopy(FULL)
+    _set(doc, (*place, name), [200, boolean] if is_list else boolean)
+    path = _dotted((*place, name)) + ("[1]" if is_list else "")
+    problems = problems_of(doc)
+    assert len(problems) == 1, problems
+    assert problems[0][0] == path
+    assert problems[0][1].startswith("is a boolean, not a number")
+
+
+def test_numeric_fields_are_found() -> None:
+    """The walk above sees the fields the issue named, so the parametrisation is not empty."""
+    found = {(model.__name__, n) for model in MODEL_PLACES for n, _ in _numeric_fields(model)}
+    assert {
+        ("PeerConfig", "peer_as"),
+        ("BgpConfig", "local_as"),
+        ("PeerConfig", "port"),
+        ("TcpCheck", "rise"),
+        ("VipConfig", "med"),
+        ("Config", "shutdown_delay"),
+        ("HttpCheck", "expect_status"),
+        ("Config", "priority"),
+    } <= found
+
+
+# Timers whose zero means "none", with the reason; every other timer must have a minimum > 0.
+TIMERS_ALLOWED_ZERO = {
+    ("Config", "shutdown_delay"): "0 withdraws and removes the addresses at once, a valid choice",
+    ("PeerConfig", "hold_time"): "0 disables keepalives (RFC 4271); 1 and 2 are refused",
+    ("Config", "release_delay"): "0 removes a withdrawn VIP's address at once, a valid choice",
+}
+
+
+def _lower_bound(model: type[BaseModel], name: str) -> float | None:
+    bounds = [
+        getattr(m, attr)
+        for m in model.model_fields[name].metadata
+        for attr in ("ge", "gt")
+        if getattr(m, attr, None) is not None
+    ]
+    return max(bounds) if bounds else None
+
+
+TIMERS = [
+    (model, place, name)
+    for model, place in MODEL_PLACES.items()
+    for name, _ in _numeric_fields(model)
+    if any(w in name for w in ("interval", "timeout", "delay", "time", "speed"))
+]
+
+
+@pytest.mark.parametrize(("model", "place", "name"), TIMERS, ids=[_dotted((*p, n)) for _, p, n in TIMERS])
+def test_every_timer_has_a_sane_minimum(model: type[BaseModel], place: tuple[Any, ...], name: str) -> None:
+    """`interval: 1e-9` spun a core, `resync_interval: 1e-9` too: a timer is never near zero,
+    its minimum is accepted, just under it is refused, and the reason is documented."""
+    low = _lower_bound(model, name)
+    assert low is not None
+    if (model.__name__, name) in TIMERS_ALLOWED_ZERO:
+        assert low == 0
+        return
+    assert low > 0
+    description = " ".join((model.model_fields[name].description or "").split())
+    assert f"At least {low:g}" in description, description
+    doc = copy.deepcopy(FULL)
+    _set(doc, (*place, name), low)
+    load(doc)
+    for bad in (low * 0.99, 1e-9, 0):
+        _set(doc, (*place, name), bad)
+        assert [p for p, _ in problems_of(doc)] == [_dotted((*place, name))]
+
+
+def test_timers_are_found() -> None:
+    names = {(m.__name__, n) for m, _, n in TIMERS}
+    assert {
+        ("TcpCheck", "interval"),
+        ("TcpCheck", "fast_interval"),
+        ("TcpCheck", "timeout"),
+        ("ExecCheck", "interval"),
+        ("Config", "resync_interval"),
+        ("Config", "shutdown_delay"),
+        ("KubernetesConfig", "watch_timeout"),
+        ("ExabgpConfig", "reactor_speed"),
+        ("PeerConfig", "hold_time"),
+    } <= names
+
+
+# --------------------------------------------------------------------------- unbounded input
+
+MEGA = "x" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("top", "path"),
+    [
+        ({"vips": [vip(communities=["1" + MEGA])]}, "vips[0].communities"),
+        ({"vips": [vip(large_communities=[MEGA])]}, "vips[0].large_communities"),
+        ({"vips": [vip(checks=[http(headers={"X:" + MEGA: "1"})])]}, "vips[0].checks[0].headers"),
+        ({"vips": [vip(checks=[http(url="http://a:" + MEGA + "/")])]}, "vips[0].checks[0].url"),
+        ({"pools": [{"name": "p", "addresses": [MEGA]}]}, "pools[0].addresses[0]"),
+        ({"pools": [{"name": "p", "addresses": ["203.0.113.1-" + MEGA]}]}, "pools[0].addresses[0]"),
+        ({"kubernetes": {"node_selector": {"a": MEGA}}}, "kubernetes.node_selector"),
+        ({"kubernetes": {"node_selector": {MEGA: "a"}}}, "kubernetes.node_selector"),
+        ({"priority": 10**5000}, "priority"),
+        ({MEGA: 1}, MEGA[:60] + "… (1,000,000 characters)"),
+    ],
+    ids=[
+        "community",
+        "large-community",
+        "header-name",
+        "url-port",
+        "pool-block",
+        "pool-range",
+        "label-value",
+        "label-key",
+        "huge-integer",
+        "unknown-key",
+    ],
+)
+def test_huge_input_is_not_echoed(top: dict[str, Any], path: str) -> None:
+    """A 1 MB community made a 1 MB error line in the log and in /status."""
+    (problem,) = problems_of(with_(MINIMAL, **top))
+    assert problem[0] == path
+    assert len(problem[0]) + len(problem[1]) < 400, problem
+    assert "characters" in problem[1] or "bits" in problem[1] or "unknown field" in problem[1]
+
+
+def test_config_error_lists_at_most_max_problems() -> None:
+    error = ConfigError([(f"vips[{i}].address", "bad") for i in range(cfg.MAX_PROBLEMS + 7)])
+    assert len(error.problems) == cfg.MAX_PROBLEMS + 1
+    assert error.problems[-1] == ("", "... and 7 more problems")
+    assert len(ConfigError([("p" * 10_000, "m" * 10_000)]).args[0]) < 1000
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("short", "'short'"),
+        ("a" * 100, "'" + "a" * 59 + "… (102 characters)"),
+        (10**100, "an integer of 333 bits"),
+        (12345, "12345"),
+        (True, "True"),
+    ],
+    ids=["short", "long", "huge-int", "int", "bool"],
+)
+def test_quote(value: object, expected: str) -> None:
+    assert quote(value) == expected
+
+
+def test_clip_keeps_short_text() -> None:
+    assert clip("abc", 3) == "abc"
+    assert clip("abcd", 3) == "abc… (4 characters)"
+
+
+def _upper_bound(model: type[BaseModel], name: str) -> float | None:
+    info = model.model_fields[name]
+    metadata = list(info.metadata)
+    for t in typing.get_args(info.annotation):  # tuple[Annotated[int, Field(le=...)], ...]
+        metadata += [m for a in typing.get_args(t)[1:] for m in getattr(a, "metadata", [a])]
+    bounds = [getattr(m, a) for m in metadata for a in ("le", "lt") if getattr(m, a, None) is not None]
+    return min(bounds) if bounds else None
+
+
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [(m, n) for m in MODEL_PLACES for n, _ in _numeric_fields(m)],
+    ids=[f"{m.__name__}.{n}" for m in MODEL_PLACES for n, _ in _numeric_fields(m)],
+)
+def test_every_number_has_an_upper_bound(model: type[BaseModel], name: str) -> None:
+    """No number reaches ExaBGP, a timer or the kernel unbounded (overflow, or a timeout of
+    years that is clearly a mistake)."""
+    assert _upper_bound(model, name) is not None

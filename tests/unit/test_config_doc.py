@@ -98,3 +98,15 @@ def test_defaults_and_descriptions_come_from_the_models(doc: str) -> None:
     assert "| `9` |" in row
     assert info.description is not None
     assert " ".join(info.description.split()) in row
+
+
+def test_doc_states_the_file_limits_the_code_applies(doc: str) -> None:
+    from bgpvip import files
+
+    text = " ".join(doc.split())
+    assert f"at most {files.CONFIG_LIMIT // files.MiB} MiB of UTF-8 YAML" in text
+    assert (
+        f"{files.PASSWORD_LIMIT // files.KiB} KiB for a password, {files.PEM_LIMIT // files.MiB} MiB for the others"
+        in text
+    )
+    assert f"`kubeconfig` (at most {files.KUBECONFIG_LIMIT // files.MiB} MiB)" in text
