@@ -31,7 +31,7 @@ from bgpvip.core import services as svc
 from bgpvip.core.config import CheckKey, Config, ConfigError, PeerConfig
 from bgpvip.core.desired import NodeState, check_keys
 from bgpvip.core.model import Applied, ProbeResult, Reason, Route
-from bgpvip.core.peers import PeerStatus, explain_connect
+from bgpvip.core.peers import PeerStatus, explain_connect, explain_unanswered
 from bgpvip.reconcile import (
     ConfigChanged,
     DrainChanged,
@@ -58,13 +58,18 @@ log = logs.get("daemon")
 CRASH_PAUSE = 13.0
 DRAIN_POLL = 0.2
 CONFIG_POLL = 2.0
-# A session down this long gets a TCP connection test of its own (ExaBGP does not tell a
-# refused connection from a closed one, and says nothing of one that never completes);
-# repeated with these gaps while it stays down.
+# ExaBGP does not tell a refused connection from a closed one, and says nothing of one that
+# never completes. A session down this long gets the kernel's view of ExaBGP's own attempts
+# each second; a TCP connection test of the speaker's own runs right after one of ExaBGP's
+# attempts failed at the TCP level, at most once per gap.
 DIAGNOSE_AFTER = 2.0
-DIAGNOSE_GAPS = (5.0, 10.0, 30.0)
+DIAGNOSE_GAP = 5.0
 DIAGNOSE_WAIT = 5.0
 CEASE_WAIT = 2.0
+
+
+TCP_FAILED = "closing connection"
+"""ExaBGP's `down` reason for a connection that failed or was closed at the TCP level."""
 
 
 class ExaBgpGone(Exception):
@@ -338,6 +343,8 @@ class Speaker:
         self.stdout = stdout
         self.board: StatusBoard | None = None
         self.bridge: KubeBridge | None = None
+        self._next_test: dict[str, float] = {}
+        self._tests: set[asyncio.Task[None]] = set()
         self.addresses: netlink.AddressManager | None = None
 
     async def run(self) -> int:
@@ -508,7 +515,7 @@ class Speaker:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            for t in [main, *background]:
+            for t in [main, *background, *self._tests]:
                 t.cancel()
             await probe_mgr.close()
             for t in [main, *background]:
@@ -536,6 +543,8 @@ class Speaker:
                     continue
                 if isinstance(ev, exa.NeighborEvent):
                     rec.post(PeerChanged(ev.peer, ev.state, ev.reason))
+                    if ev.state == "down" and ev.reason == TCP_FAILED:
+                        self._test_connection(rec, ev.peer)
                 elif isinstance(ev, exa.Negotiated):
                     rec.post(PeerNegotiated(ev.peer, ev.families))
                 elif isinstance(ev, exa.Notification):
@@ -565,33 +574,52 @@ class Speaker:
             rec.post(Resync())
 
     async def _diagnose_peers(self, rec: Reconciler) -> None:
-        """A TCP connection test for every session down longer than DIAGNOSE_AFTER, repeated
-        with growing gaps while it stays down; the answer shows as the peer's reason."""
-        due: dict[str, float] = {}
-        gaps: dict[str, int] = {}
-        baseline = bgpconnect.md5_drops()
+        """Every second, for each session down longer than DIAGNOSE_AFTER, what the kernel says
+        of ExaBGP's own attempts: no route to the router, or a SYN nobody answers (no traffic
+        of its own: a BGP daemon that accepts a connection counts its closing as a failure)."""
+        md5_base: dict[str, int] = {}
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            tests = []
             for peer in rec.world.config.bgp.peers:
                 key = str(peer.address)
                 st = rec.world.peers.get(key, PeerStatus())
                 if st.state != "down":
-                    due.pop(key, None)
-                    gaps.pop(key, None)
+                    md5_base.pop(key, None)
                     continue
-                if now < due.setdefault(key, st.since + DIAGNOSE_AFTER):
+                base = md5_base.setdefault(key, bgpconnect.md5_drops())
+                if now - st.since < DIAGNOSE_AFTER:
                     continue
-                step = gaps.get(key, 0)
-                due[key] = now + DIAGNOSE_GAPS[min(step, len(DIAGNOSE_GAPS) - 1)]
-                gaps[key] = step + 1
-                tests.append(self._diagnose(rec, peer, baseline))
-            if tests:
-                await asyncio.gather(*tests)
-                baseline = bgpconnect.md5_drops()
+                diagnosis = self._kernel_view(peer, bgpconnect.md5_drops() - base)
+                if diagnosis is not None:
+                    rec.post(PeerProbed(key, diagnosis))
 
-    async def _diagnose(self, rec: Reconciler, peer: PeerConfig, baseline: int) -> None:
+    @staticmethod
+    def _kernel_view(peer: PeerConfig, md5_drops: int) -> str | None:
+        try:
+            if netlink.local_address_for(peer.address) is None:
+                return f"no route to the router: this host's kernel has none to {peer.address}"
+        except Exception as e:
+            log.debug(logs.kv("route-lookup-failed", peer=peer.label, error=e))
+        retransmits = bgpconnect.unanswered_syn(peer.address, peer.port)
+        if retransmits is None or retransmits < 1:
+            return None
+        md5 = peer.password_file is not None
+        return explain_unanswered(retransmits, port=peer.port, md5=md5, md5_drops=md5_drops)
+
+    def _test_connection(self, rec: Reconciler, address: str) -> None:
+        """One of ExaBGP's attempts just failed at the TCP level: test the connection now (the
+        router's daemon is not accepting it this instant), at most once per DIAGNOSE_GAP."""
+        now = time.monotonic()
+        peer = next((p for p in rec.world.config.bgp.peers if str(p.address) == address), None)
+        if peer is None or now < self._next_test.get(address, 0.0):
+            return
+        self._next_test[address] = now + DIAGNOSE_GAP
+        task = asyncio.create_task(self._diagnose(rec, peer), name=f"connection test {address}")
+        self._tests.add(task)
+        task.add_done_callback(self._tests.discard)
+
+    async def _diagnose(self, rec: Reconciler, peer: PeerConfig) -> None:
         try:
             password = read_password(peer.password_file) if peer.password_file else None
             local = peer.local_address or netlink.local_address_for(peer.address)
@@ -599,7 +627,7 @@ class Speaker:
             rec.post(PeerProbed(str(peer.address), f"cannot test the connection: {e}"))
             return
         result = await bgpconnect.connect_test(
-            peer.address, peer.port, local=local, password=password, wait=DIAGNOSE_WAIT, md5_baseline=baseline
+            peer.address, peer.port, local=local, password=password, wait=DIAGNOSE_WAIT
         )
         rec.post(
             PeerProbed(str(peer.address), explain_connect(result, port=peer.port, md5=password is not None))

@@ -1,12 +1,19 @@
-"""A TCP connection test to a router's BGP port, for a session that is down.
+"""Why a session is down, from the kernel: ExaBGP's own connection attempts, and a test.
 
 I/O side. ExaBGP reports a refused connection as `connected` then `down`, and a connection
 that never completes (a wrong MD5 password: the router's kernel drops every segment) not at
-all. So the speaker asks the kernel itself: one connection from the session's local address,
-signed with the same MD5 password, closed as soon as it is made (before any BGP message).
-The answer is the errno (`core.peers.explain_connect` puts it in words), plus how many
-segments this host's kernel dropped for MD5 meanwhile (the router's own connection attempts,
-when ExaBGP listens).
+all. So the speaker asks the kernel:
+
+- `unanswered_syn`: ExaBGP's socket to the router sits in SYN-SENT, its SYN retransmitted
+  (read from /proc/net/tcp{,6}): the TCP connection never completes. Passive.
+- `connect_test`: one connection from the session's local address, signed with the same MD5
+  password, closed as soon as it is made (before any BGP message); its errno. Run only right
+  after one of ExaBGP's own attempts failed at the TCP level: a router whose BGP daemon
+  accepts it would count it as a failed session (GoBGP then holds the peer idle 5 s).
+- `md5_drops`: segments this host's kernel dropped for a missing or wrong MD5 signature (the
+  router's own connection attempts, since ExaBGP listens).
+
+`core.peers.explain_connect` puts the answers in words.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import asyncio
 import errno
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +46,40 @@ def md5_sockopt(peer: IPAddress, password: str) -> bytes:
     else:
         address = struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", 0, 0) + peer.packed + b"\0" * 4
     return address.ljust(128, b"\0") + struct.pack("=xxH4x", len(key)) + key.ljust(_MD5_KEY_MAX, b"\0")
+
+
+_SYN_SENT = "02"
+
+
+def _proc_address(text: str) -> tuple[bytes, int]:
+    """`0100007F:00B3` (/proc/net/tcp: the address in 32-bit host-order words) -> (bytes, port)."""
+    address, port = text.split(":")
+    words = [bytes.fromhex(address[i : i + 8]) for i in range(0, len(address), 8)]
+    raw = b"".join(w[::-1] if sys.byteorder == "little" else w for w in words)
+    return raw, int(port, 16)
+
+
+def unanswered_syn(peer: IPAddress, port: int, proc_net: Path = Path("/proc/net")) -> int | None:
+    """SYN retransmissions of the longest-waiting socket to `peer`:`port` still in SYN-SENT (a
+    connection attempt nothing answers), or None when there is no such socket."""
+    table = proc_net / ("tcp6" if peer.version == 6 else "tcp")
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    worst: int | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 7 or fields[3] != _SYN_SENT:
+            continue
+        try:
+            remote, remote_port = _proc_address(fields[2])
+            retransmits = int(fields[6], 16)
+        except ValueError:
+            continue
+        if remote == peer.packed and remote_port == port:
+            worst = retransmits if worst is None else max(worst, retransmits)
+    return worst
 
 
 def md5_drops(netstat: Path = Path("/proc/net/netstat")) -> int:

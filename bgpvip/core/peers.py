@@ -212,14 +212,26 @@ def explain_connect(result: ConnectResult, *, port: int, md5: bool) -> str:
     if result.error in ("EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL"):
         return f"no route to the router ({result.error}): check the link and local_address"
     if result.error in ("ETIMEDOUT", "EINPROGRESS"):
-        if md5 or result.md5_drops:
-            cause = "the MD5 password (password_file) does not match the router's, or a firewall drops it"
-        else:
-            cause = (
-                "the router expects an MD5 password (set password_file), a firewall drops it, or it is down"
-            )
-        return f"TCP to {where} never completes (no answer in {result.seconds:.0f}s){kernel}: {cause}"
+        return _never_completes(f"no answer in {result.seconds:.0f}s", port, md5, result.md5_drops)
     return f"TCP to {where} failed: {result.error}{kernel}"
+
+
+def explain_unanswered(retransmits: int, *, port: int, md5: bool, md5_drops: int = 0) -> str:
+    """ExaBGP's own connection attempt waits in SYN-SENT, its SYN sent `retransmits` more times."""
+    return _never_completes(f"SYN sent {retransmits + 1} times, no answer", port, md5, md5_drops)
+
+
+def _never_completes(how: str, port: int, md5: bool, md5_drops: int) -> str:
+    kernel = (
+        f"; this host dropped {md5_drops} TCP segment(s) for a missing or wrong MD5 signature"
+        if md5_drops
+        else ""
+    )
+    if md5 or md5_drops:
+        cause = "the MD5 password (password_file) does not match the router's, or a firewall drops it"
+    else:
+        cause = "the router expects an MD5 password (set password_file), a firewall drops it, or it is down"
+    return f"TCP to port {port} never completes ({how}){kernel}: {cause}"
 
 
 # --------------------------------------------------------------------------- routes and sessions

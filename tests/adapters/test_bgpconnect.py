@@ -60,6 +60,27 @@ def test_md5_drops_reads_the_tcpext_counters(tmp_path: Path) -> None:
     assert bgpconnect.md5_drops(tmp_path / "missing") == 0
 
 
+def test_unanswered_syn_reads_syn_sent_sockets_from_proc(tmp_path: Path) -> None:
+    """/proc/net/tcp and tcp6 as Linux prints them: addresses in 32-bit words of host order."""
+    (tmp_path / "tcp").write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        # 10.0.1.2:40051 -> 10.0.1.1:179, SYN-SENT, retransmitted 3 times
+        "   0: 0201000A:9C73 0101000A:00B3 02 00000001:00000000 01:00000C4A 00000003     0        0 0 2 0\n"
+        # the same peer on another port, and an established socket to it
+        "   1: 0201000A:9C74 0101000A:00B4 02 00000001:00000000 01:00000C4A 00000007     0        0 0 2 0\n"
+        "   2: 0201000A:00B3 0101000A:9C75 01 00000000:00000000 00:00000000 00000000     0        0 0 1 0\n"
+    )
+    (tmp_path / "tcp6").write_text(
+        "  sl  local_address                         remote_address                        st\n"
+        # fd00:1::2 -> fd00:1::1 port 179, SYN-SENT, no retransmission yet
+        "   0: 010000FD000000000000000002000000:9C76 010000FD000000000000000001000000:00B3 02 0 0 0 00000000\n"
+    )
+    assert bgpconnect.unanswered_syn(ip_address("10.0.1.1"), 179, tmp_path) == 3
+    assert bgpconnect.unanswered_syn(ip_address("10.0.1.9"), 179, tmp_path) is None
+    assert bgpconnect.unanswered_syn(ip_address("fd00:1::1"), 179, tmp_path) == 0
+    assert bgpconnect.unanswered_syn(ip_address("10.0.1.1"), 179, tmp_path / "missing") is None
+
+
 # In a network namespace of its own: a BGP-like listener with an MD5 key for 127.0.0.1, then
 # connection tests with the right key, a wrong one and none.
 SCRIPT = """

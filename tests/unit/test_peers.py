@@ -131,6 +131,16 @@ def test_explain_connect(result: ConnectResult, md5: bool, expected: str) -> Non
     assert expected in explain_connect(result, port=179, md5=md5)
 
 
+def test_explain_unanswered() -> None:
+    assert peers.explain_unanswered(2, port=179, md5=True) == (
+        "TCP to port 179 never completes (SYN sent 3 times, no answer): the MD5 password "
+        "(password_file) does not match the router's, or a firewall drops it"
+    )
+    assert "this host dropped 4 TCP segment(s)" in peers.explain_unanswered(
+        1, port=179, md5=False, md5_drops=4
+    )
+
+
 # --------------------------------------------------------------------------- routes and sessions
 
 
