@@ -44,7 +44,8 @@ def main() -> None:
       bgpvip routes                                    what is announced from here, and why
       bgpvip drain / bgpvip undrain                    withdraw everything / announce again
 
-    Docs: docs/ in the source tree (configuration reference, guides for kubeadm, FRR and Yamaha RTX).
+    Docs: docs/ in the source tree (configuration reference, guides for kubeadm, FRR, BIRD 2,
+    GoBGP and Yamaha RTX).
     """
 
 

@@ -3,7 +3,7 @@
 I/O side. One command for systemd units and containers. ExaBGP runs as our child with
 bgpvip's speaker as its API process. On SIGTERM/SIGINT the order matters: first the
 speaker withdraws every route and waits `shutdown_delay` (routers converge while the host
-still answers on its VIPs), then ExaBGP is stopped. A stop marker in the runtime directory
+still answers on its VIPs), then it closes the sessions with Cease and has ExaBGP stop. A stop marker in the runtime directory
 keeps a speaker that ExaBGP respawns in the meantime from announcing again.
 SIGHUP is passed to the speaker only (it reloads VIPs and checks); ExaBGP would treat SIGHUP
 as a reload of its own configuration.
@@ -11,8 +11,10 @@ as a reload of its own configuration.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,13 +80,62 @@ def read_passwords(config: Config) -> dict[IPAddress, str]:
     return out
 
 
-def render(config: Config, config_path: Path, *, speaker: list[str] | None = None) -> str:
+def render(
+    config: Config, config_path: Path, *, speaker: list[str] | None = None, check_ports: bool = False
+) -> str:
+    """ExaBGP's configuration; with `check_ports`, ExaBGP listens only where it can."""
+    local = resolve_local_addresses(config)
     return exa.render_config(
         config,
         process_command=speaker or speaker_command(config_path),
-        local_addresses=resolve_local_addresses(config),
+        local_addresses=local,
         passwords=read_passwords(config),
+        listening=listening_peers(config, local) if check_ports else None,
     )
+
+
+def listening_peers(config: Config, local_addresses: Mapping[IPAddress, IPAddress]) -> set[IPAddress]:
+    """The peers ExaBGP can accept connections from on port 179: `listen: true` and `auto`
+    peers whose local address and port can be bound now. ExaBGP refuses to start when a port
+    it must listen on is taken, and says so only in its own log: a `listen: true` (or
+    passive) peer whose port cannot be bound raises ConfigError naming the peer; an `auto`
+    one is logged (`listen-skipped`) and left to connect out only."""
+    problems: list[tuple[str, str]] = []
+    listening: set[IPAddress] = set()
+    for i, peer in enumerate(config.bgp.peers):
+        local = local_addresses.get(peer.address)
+        if local is None or not (peer.passive or peer.listen is not False):
+            continue
+        port = peer.port if peer.passive else exa.BGP_PORT
+        why = _cannot_listen(local, port)
+        if why is None:
+            if not peer.passive:
+                listening.add(peer.address)
+        elif peer.passive or peer.listen is True:
+            field = f"bgp.peers[{i}].{'passive' if peer.passive else 'listen'}"
+            problems.append((field, why + ("" if peer.passive else "; or set listen: false (or auto)")))
+        else:
+            log.warning(logs.kv("listen-skipped", peer=peer.label, reason=why, effect="connecting out only"))
+    if problems:
+        raise ConfigError(problems)
+    return listening
+
+
+def _cannot_listen(local: IPAddress, port: int) -> str | None:
+    family = socket.AF_INET6 if local.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((str(local), port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {local} is in use by another program (another BGP daemon on this host?)"
+                )
+            if e.errno == errno.EACCES:
+                return f"port {port} on {local} needs root or CAP_NET_BIND_SERVICE to listen on"
+            return f"cannot listen on port {port} of {local}: {e.strerror}"
+    return None
 
 
 def _read_pid(path: Path) -> int | None:
@@ -124,7 +175,7 @@ class Supervisor:
             ) from None
         (self.runtime / STOP_MARKER).unlink(missing_ok=True)
         conf = self.runtime / "exabgp.conf"
-        text = render(self.config, self.config_path)
+        text = render(self.config, self.config_path, check_ports=True)
         tmp = conf.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -192,8 +243,10 @@ class Supervisor:
             while pidfile.exists() and _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
         assert self.proc is not None
-        if self.proc.poll() is None:
-            log.info(logs.kv("exabgp-stop", pid=self.proc.pid))
+        # the speaker has normally closed the sessions with Cease and told ExaBGP to stop
+        running = self.proc.poll() is None
+        log.info(logs.kv("exabgp-stop", pid=self.proc.pid, running=running))
+        if running:
             self.proc.send_signal(signal.SIGTERM)
 
 

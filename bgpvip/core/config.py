@@ -468,6 +468,19 @@ class PeerConfig(_Model):
     bfd: Annotated[BfdConfig | None, BeforeValidator(_bfd_shorthand)] = None
     """BFD towards this peer, see below. Default off: the router has to be configured for it,
     and Yamaha RTX has no BFD."""
+    listen: bool | Literal["auto"] = "auto"
+    """Also accept the router's connections on port 179 of `local_address`, not only connect
+    out. ExaBGP's own reconnect attempts back off up to a minute, so after a long router
+    outage the session would come back up to a minute after the router does; the router's
+    own connection is accepted at once. Default `auto`: listen when `bgpvip run` can bind
+    the port, otherwise log `listen-skipped` with the reason (another BGP daemon such as
+    Calico's BIRD holds it, or no CAP_NET_BIND_SERVICE) and only connect out. `true`
+    refuses to start when the port cannot be bound; `false` never listens."""
+    route_refresh: bool = True
+    """Advertise route refresh (RFC 2918), so the router can ask for the routes again after it
+    changed its import policy (FRR `clear bgp ... soft in`, a BIRD `configure`, GoBGP
+    `softresetin`) without resetting the session. Default true; turn it off only for a router
+    that refuses the capability."""
 
     @field_validator("families")
     @classmethod

@@ -37,6 +37,7 @@ from bgpvip.core.model import (
     decision_order,
     one_route_per_prefix,
 )
+from bgpvip.core.peers import PeerStatus, family_problems
 from bgpvip.core.services import ServiceDecisions
 
 
@@ -226,18 +227,26 @@ def compute(
     healths: Mapping[CheckKey, Health],
     node: NodeState,
     service_decisions: ServiceDecisions | Iterable[Decision] = (),
+    peers: Mapping[str, PeerStatus] | None = None,
 ) -> Desired:
     """The full desired state. Deterministic: the same inputs in any order give the same result.
 
     Service decisions come as a `ServiceDecisions` table (the speaker) or plain decisions (tests,
     held routes). The table's routes are taken as they are: with 10,000 Services this function
-    does no work per Service, only set operations the interpreter runs in C."""
+    does no work per Service, only set operations the interpreter runs in C.
+
+    `peers` (address → session status) only changes reasons: a route whose family no session
+    carries is still announced to ExaBGP (it goes out when a session comes up) but its decision
+    says why no router has it (`peers.family_problems`)."""
     table = (
         service_decisions
         if isinstance(service_decisions, ServiceDecisions)
         else ServiceDecisions.of(service_decisions)
     )
     own = sorted((decide_vip(config, vip, healths, node) for vip in config.vips), key=decision_order)
+    problems = family_problems(config.bgp.peers, peers) if peers else {}
+    if problems and not node.stopping:
+        own = [_undelivered(d, problems) for d in own]
     override: tuple[Reason, str] | None = None
     if node.stopping:
         override = (Reason.STOPPING, "shutting down")
@@ -265,11 +274,20 @@ def compute(
         own=tuple(own),
         table=table if len(table.by_source) else None,
         override=override,
+        undelivered=tuple((v, reason, detail) for v, (reason, detail) in sorted(problems.items())),
         release_delay=config.release_delay,
         release_now=frozenset(
             (vip.address.version, int(vip.address)) for vip in config.vips if server_gone(vip, healths)
         ),
     )
+
+
+def _undelivered(d: Decision, problems: Mapping[int, tuple[Reason, str]]) -> Decision:
+    problem = problems.get(d.address.version) if d.announce else None
+    if problem is None:
+        return d
+    reason, detail = problem
+    return replace(d, reason=reason, detail=f"{detail}; {d.detail}" if d.detail else detail)
 
 
 def server_gone(vip: VipConfig, healths: Mapping[CheckKey, Health]) -> bool:

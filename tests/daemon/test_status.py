@@ -89,6 +89,43 @@ def test_per_reason_gauges_are_computed_when_scraped() -> None:
     assert 'reason="hasEndpoints"' not in body
 
 
+def test_every_configured_peer_has_its_gauges_and_up_means_carrying_its_families() -> None:
+    from bgpvip.core.peers import PeerStatus
+
+    config = load(
+        {
+            "bgp": {
+                "local_as": 65100,
+                "router_id": "10.0.1.2",
+                "peers": [
+                    {"address": "10.0.1.1", "peer_as": 65000},
+                    {"address": "fd00:1::1", "peer_as": 65000, "families": ["ipv4", "ipv6"]},
+                ],
+            }
+        }
+    )
+    board = StatusBoard("n1")
+    board.reconciled(World(config=config), compute(config, {}, NodeState()), Applied(), 0.001)
+    body = board.metrics()[2].decode()
+    assert 'bgpvip_peer_up{peer="10.0.1.1"} 0.0' in body, "known or not, a configured peer has a gauge"
+    assert 'bgpvip_peer_up{peer="fd00:1::1"} 0.0' in body
+
+    peers = {
+        "10.0.1.1": PeerStatus(state="up", families=frozenset({"ipv4"})),
+        "fd00:1::1": PeerStatus(state="up", families=frozenset({"ipv6"})),
+    }
+    board.reconciled(World(config=config, peers=peers), compute(config, {}, NodeState()), Applied(), 0.001)
+    body = board.metrics()[2].decode()
+    assert 'bgpvip_peer_up{peer="10.0.1.1"} 1.0' in body
+    assert 'bgpvip_peer_up{peer="fd00:1::1"} 0.0' in body, "up without ipv4 is not up"
+    assert 'bgpvip_peer_established{peer="fd00:1::1"} 1.0' in body
+    assert 'bgpvip_peer_family_up{family="ipv4",peer="fd00:1::1"} 0.0' in body
+    assert 'bgpvip_peer_family_up{family="ipv6",peer="fd00:1::1"} 1.0' in body
+    (_, v6) = board.snapshot()["peers"]
+    assert (v6["state"], v6["families_negotiated"], v6["carries_every_family"]) == ("up", ["ipv6"], False)
+    assert v6["reason"] == "up without ipv4 unicast: the router's OPEN did not offer it"
+
+
 @pytest.mark.parametrize(
     ("vip", "shown"),
     [({"as_path_prepend": 2}, "prepend=2"), ({"as_path_prepend": 1}, "prepend=1"), ({}, "-")],

@@ -46,6 +46,8 @@ FULL: dict[str, Any] = {
                 "graceful_restart": 120,
                 "port": 1179,
                 "bfd": {"transmit_interval_ms": 200, "receive_interval_ms": 300, "detect_multiplier": 4},
+                "listen": False,
+                "route_refresh": False,
             },
             {"address": "2001:db8::1", "peer_as": 65000, "families": ["ipv6"]},
         ],
@@ -207,6 +209,8 @@ DEFAULTS = [
     ("peer.passive", lambda c: c.bgp.peers[0].passive, False),
     ("peer.graceful_restart", lambda c: c.bgp.peers[0].graceful_restart, None),
     ("peer.port", lambda c: c.bgp.peers[0].port, 179),
+    ("peer.listen", lambda c: c.bgp.peers[0].listen, "auto"),
+    ("peer.route_refresh", lambda c: c.bgp.peers[0].route_refresh, True),
     ("kubernetes.enabled", lambda c: c.kubernetes.enabled, False),
     ("kubernetes.kubeconfig", lambda c: c.kubernetes.kubeconfig, None),
     ("kubernetes.load_balancer_class", lambda c: c.kubernetes.load_balancer_class, "bgpvip.io/bgp"),
@@ -342,6 +346,7 @@ def test_full_config_loads_every_field() -> None:
     )
     assert (p.passive, p.graceful_restart, p.port) == (True, 120, 1179)
     assert p.bfd is not None and (p.bfd.transmit_interval_ms, p.bfd.detect_multiplier) == (200, 4)
+    assert (p.listen, p.route_refresh) == (False, False)
     assert c.bgp.peers[1].label == "2001:db8::1"
     v = c.vips[0]
     assert (v.label, v.interface, v.require, v.priority) == ("kube-api", "dummy0", "any", 200)
