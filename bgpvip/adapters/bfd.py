@@ -14,7 +14,8 @@ loop, through `loop.call_at`, and there are no threads. When the loop stalls (a 
 blocking call, a stopped process), no packet goes out, and the router's detection time expires:
 the router drops this host's routes whenever the program that decides them is not running well.
 A BFD daemon beside the speaker (FRR's bfdd on the node) would keep the session Up through such
-a hang; this one cannot, by design. The C bit of every packet is 0 for the same reason.
+a hang; this one cannot, by design. The C bit is a per-session choice (`PeerSpec`), 0 unless
+asked; docs/bfd.md says which value the speaker uses with graceful restart and why.
 
 Planned stops use AdminDown (`admin_down()` or `shutdown()`): the router takes the session down
 with diagnostic 7 on our side and 3 on its side, which RFC 5882 says is not a failure.
@@ -78,6 +79,9 @@ class PeerSpec:
     """Required for an IPv6 link-local peer; optional otherwise (then any interface matches)."""
     name: str | None = None
     """Label in logs and status. Default: the peer's address."""
+    control_plane_independent: bool = False
+    """The C bit of every packet (RFC 5880 §4.1). RFC 5882 §4.3.1: a router may ignore a BFD Down
+    during BGP graceful restart when it is 0 (FRR's `bfd check-control-plane-failure`)."""
 
     @property
     def label(self) -> str:
@@ -229,7 +233,12 @@ class Bfd:
         discr = self._new_discriminator()
         entry = _Entry(
             spec=spec,
-            session=Session.start(spec.timers, local_discr=discr, now=now),
+            session=Session.start(
+                spec.timers,
+                local_discr=discr,
+                now=now,
+                control_plane_independent=spec.control_plane_independent,
+            ),
             tx=tx,
             rx=rx,
             scope_id=scope_id,

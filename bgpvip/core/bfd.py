@@ -25,8 +25,11 @@ What is implemented, by section of RFC 5880:
   takes the session Down with diagnostic 3, and `StateChange.failure` is false for it
   (RFC 5882 §3.2: it is not a path failure).
 
-The C bit (control plane independent) is always 0: bgpvip's BFD runs on the speaker's own event
-loop and shares its fate on purpose, so a stalled speaker takes the session down.
+The C bit (control plane independent, §4.1) is whatever the session was started with, 0 unless
+asked: bgpvip's BFD runs on the speaker's own event loop and shares its fate on purpose, so a
+stalled speaker takes the session down, and 0 says exactly that. RFC 5882 §4.3.1 lets a router
+use the bit to decide whether a BFD Down during BGP graceful restart is a failure; which value
+bgpvip sends, and why, is in docs/bfd.md.
 """
 
 from __future__ import annotations
@@ -107,6 +110,8 @@ class Session:
     timers: Timers
     """The configured wish; the advertised values follow it as §6.8.3 allows."""
     local_discr: int
+    control_plane_independent: bool = False
+    """The C bit sent in every packet (RFC 5880 §4.1); fixed for the session's life."""
     state: State = State.DOWN
     diag: Diag = Diag.NONE
     remote_state: State = State.DOWN
@@ -133,7 +138,9 @@ class Session:
     detect_deadline: float | None = None
 
     @classmethod
-    def start(cls, timers: Timers, *, local_discr: int, now: float) -> Session:
+    def start(
+        cls, timers: Timers, *, local_discr: int, now: float, control_plane_independent: bool = False
+    ) -> Session:
         """A new session in state Down; its first packet is due at `now`."""
         if not 0 < local_discr <= MAX_U32:
             raise ValueError("local_discr must be 1..2^32-1")
@@ -141,6 +148,7 @@ class Session:
         return cls(
             timers=timers,
             local_discr=local_discr,
+            control_plane_independent=control_plane_independent,
             desired_min_tx=slow,
             required_min_rx=timers.required_min_rx,
             tx_in_use=slow,
@@ -304,6 +312,7 @@ class Session:
             poll=poll,
             final=final,
             detect_mult=self.timers.detect_mult,
+            control_plane_independent=self.control_plane_independent,
             my_discriminator=self.local_discr,
             your_discriminator=self.remote_discr,
             desired_min_tx=self.desired_min_tx,

@@ -313,6 +313,36 @@ async def test_on_the_wire(link: Link, family: int) -> None:
 
 
 @pytest.mark.looptime
+@pytest.mark.parametrize("cbit", [False, True], ids=["c0", "c1"])
+async def test_c_bit_on_the_wire_is_the_peers_choice(link: Link, cbit: bool) -> None:
+    a_addr, b_addr = ADDRESSES[4]
+    with inside(link.b):
+        sniff = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sniff.bind((str(b_addr), 3784))
+        sniff.setblocking(False)
+        with inside(link.a):
+            a = Bfd()
+            a.add(PeerSpec(peer=b_addr, local=a_addr, timers=FAST, control_plane_independent=cbit))
+        got: list[bytes] = []
+
+        def read() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    got.append(sniff.recv(512))
+            return len(got) >= 1
+
+        await wait_for(read, limit=5)
+        p = decode(got[0])
+        assert isinstance(p, ControlPacket)
+        assert p.control_plane_independent is cbit
+    finally:
+        sniff.close()
+        with contextlib.suppress(NameError):
+            a.close()
+
+
+@pytest.mark.looptime
 async def test_admin_down_is_seen_as_a_planned_stop(link: Link) -> None:
     pair = make_pair(link, 4)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
@@ -22,6 +23,7 @@ from bgpvip.adapters.exabgp.codec import (
     Unknown,
     canonical_attributes,
     encode_announce,
+    encode_eor,
     encode_withdraw,
     parse_adj_rib_out,
     parse_adj_rib_out_detailed,
@@ -77,6 +79,32 @@ def render_actions(actions: tuple[Action, ...], batch_size: int) -> str:
 
 def test_golden_api_lines(golden: Callable[[str, str], None]) -> None:
     golden("api_lines.txt", render_actions(GOLDEN_ACTIONS, batch_size=3))
+
+
+def test_golden_eor_lines(golden: Callable[[str, str], None]) -> None:
+    """End-of-RIB after a restart: for every neighbor, and for the neighbors of one family."""
+    lines = [
+        encode_eor(4),
+        encode_eor(6),
+        encode_eor(4, ["10.0.1.1"]),
+        encode_eor(6, ["fd00:2::1", "fd00:1::1", "fd00:1::1"]),
+        encode_eor(4, ["10.0.2.1", "10.0.1.1"]),
+    ]
+    golden("eor_lines.txt", "\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("family", "peers", "message"),
+    [
+        (5, (), "IPv5"),
+        (4, ("10.0.0.300",), "does not appear to be an IPv4 or IPv6 address"),
+        (4, ("*",), "does not appear to be an IPv4 or IPv6 address"),
+    ],
+    ids=["family", "bad-address", "star"],
+)
+def test_eor_refuses_what_exabgp_would_misread(family: int, peers: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        encode_eor(family, peers)
 
 
 def test_lines_do_not_depend_on_input_order() -> None:
@@ -184,6 +212,7 @@ def test_bad_routes_never_become_lines(attributes: dict[str, object], next_hop: 
         pytest.param("show adj-rib out extensive", id="show"),
         pytest.param("clear adj-rib out", id="clear"),
         pytest.param("announce eor ipv6 unicast", id="eor"),
+        pytest.param("neighbor 10.0.0.1 , neighbor fd00::1 announce eor ipv4 unicast", id="eor-neighbors"),
         pytest.param("show neighbor json", id="show-neighbor"),
         pytest.param("neighbor * teardown 2", id="cease"),
         pytest.param("shutdown", id="shutdown"),
@@ -201,6 +230,11 @@ def test_valid_lines(line: str) -> None:
     "line",
     [
         pytest.param("", id="empty"),
+        pytest.param("announce eor ipv4", id="eor-no-safi"),
+        pytest.param("announce eor ipv4 flow", id="eor-flow"),
+        pytest.param("announce eor l2vpn evpn", id="eor-other-family"),
+        pytest.param("announce eor ipv4 unicast now", id="eor-trailing"),
+        pytest.param("neighbor * announce eor ipv4 unicast", id="eor-neighbor-star"),
         pytest.param("announce attributes next-hop self nlri 198.51.100.1/32\n", id="newline"),
         pytest.param("announce attributes next-hop self nlri 198.51.100.1/32\r", id="carriage-return"),
         pytest.param("announce attributes next-hop self\tnlri 198.51.100.1/32", id="tab"),

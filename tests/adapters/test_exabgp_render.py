@@ -73,7 +73,7 @@ for n in configuration.neighbors.values():
     neighbors.append({
         **{k: n[k] if n[k] is None or type(n[k]) in (bool, int) else str(n[k]) for k in (
             "peer-address", "local-address", "router-id", "local-as", "peer-as", "hold-time", "md5-password",
-            "passive", "listen", "connect", "outgoing-ttl", "adj-rib-out")},
+            "passive", "listen", "connect", "outgoing-ttl", "adj-rib-out", "manual-eor")},
         "hold-time": int(n["hold-time"]),
         "local-as": int(n["local-as"]),
         "peer-as": int(n["peer-as"]),
@@ -185,6 +185,8 @@ def test_exabgp_parses_the_frr_config(tmp_path: Path) -> None:
             "outgoing-ttl": None,
             "families": ["ipv4 unicast"],
             "graceful-restart": 120,
+            # the speaker sends End-of-RIB once it has re-announced after a restart
+            "manual-eor": True,
         },
         {
             **common,
@@ -199,6 +201,7 @@ def test_exabgp_parses_the_frr_config(tmp_path: Path) -> None:
             "outgoing-ttl": None,
             "families": ["ipv4 unicast", "ipv6 unicast"],
             "graceful-restart": False,
+            "manual-eor": False,
         },
         {
             **common,
@@ -213,6 +216,7 @@ def test_exabgp_parses_the_frr_config(tmp_path: Path) -> None:
             "outgoing-ttl": 3,
             "families": ["ipv4 unicast"],
             "graceful-restart": False,
+            "manual-eor": False,
         },
         {
             **common,
@@ -227,6 +231,7 @@ def test_exabgp_parses_the_frr_config(tmp_path: Path) -> None:
             "outgoing-ttl": None,
             "families": ["ipv4 unicast"],
             "graceful-restart": False,
+            "manual-eor": False,
         },
     ]
 
@@ -243,6 +248,7 @@ def test_exabgp_parses_the_rtx_config(tmp_path: Path, password: str) -> None:
     assert (neighbor["local-as"], neighbor["peer-as"], neighbor["hold-time"]) == (65101, 65000, 9)
     assert neighbor["families"] == ["ipv4 unicast"]
     assert neighbor["graceful-restart"] is False
+    assert neighbor["manual-eor"] is False
 
 
 @needs_exabgp

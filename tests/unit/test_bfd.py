@@ -314,6 +314,20 @@ def test_packet_contents() -> None:
     assert not (p.control_plane_independent or p.auth_present or p.demand or p.multipoint)
 
 
+@pytest.mark.parametrize("cbit", [False, True], ids=["c0", "c1"])
+def test_c_bit_is_the_sessions_choice_in_every_packet(cbit: bool) -> None:
+    """RFC 5880 §4.1: the C bit says whether BFD shares fate with the control plane; a router
+    may act on it during graceful restart (RFC 5882 §4.3.1), so it must be in every packet,
+    the AdminDown of a planned stop included."""
+    s = Session.start(timers(), local_discr=7, now=0.0, control_plane_independent=cbit)
+    s, out = s.tick(0.0, rnd=0.0)
+    s, down = s.admin_down(0.1, rnd=0.0)
+    packets = [o.packet for o in (*out, *down) if isinstance(o, Transmit)]
+    assert [p.state for p in packets] == [State.DOWN, State.ADMIN_DOWN]
+    assert all(p.control_plane_independent is cbit for p in packets)
+    assert all(decode(encode(p)) == p for p in packets)
+
+
 @pytest.mark.parametrize(
     ("local_tx", "remote_rx", "expected"),
     [(100, 100, 100), (100, 300, 300), (300, 100, 300), (20, 1000, 1000)],

@@ -391,6 +391,22 @@ def encode_withdraw(
     return lines
 
 
+def encode_eor(family: int, peers: Iterable[str] = ()) -> str:
+    """The validated line that sends End-of-RIB (RFC 4724 §2) for `family` (4 or 6) unicast to
+    `peers` (addresses), or to every established neighbor when `peers` is empty.
+
+    With `manual-eor true;` (render.py, whenever graceful restart is on) ExaBGP sends no
+    End-of-RIB of its own: the speaker sends this once a session is up and every route it wants
+    is announced, so a router that kept this host's routes as stale through a restart replaces
+    them instead of dropping them. ExaBGP queues it behind the UPDATEs still pending for the
+    peer and answers `error` when no named peer is established."""
+    if family not in _FAMILY_NAMES:
+        raise ValueError(f"End-of-RIB for IPv{family}: only 4 and 6")
+    addresses = sorted({ipaddress.ip_address(p) for p in peers}, key=lambda a: (a.version, a))
+    selector = " , ".join(f"neighbor {a}" for a in addresses) + " " if addresses else ""
+    return validate_line(f"{selector}announce eor {_FAMILY_NAMES[family]} unicast")
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -508,8 +524,8 @@ def validate_line(line: str) -> str:
     One line of printable ASCII, single spaces, and only the grammar bgpvip emits:
     `[neighbor A , neighbor B ...] announce attributes next-hop ... nlri ...`, the same
     `withdraw attributes nlri ...`, and a few fixed commands (`show adj-rib out extensive`,
-    `show neighbor json`, `clear adj-rib out`, `flush adj-rib out`, `announce eor [ipv4|ipv6
-    unicast]`, `neighbor * teardown 2`, `shutdown`)."""
+    `show neighbor json`, `clear adj-rib out`, `flush adj-rib out`, `[neighbor A ...] announce
+    eor [ipv4|ipv6 unicast]`, `neighbor * teardown 2`, `shutdown`)."""
     if not isinstance(line, str):
         raise ValueError(f"a command must be a str, not {type(line).__name__}")
     if not line or len(line) > MAX_LINE_LENGTH:
@@ -525,6 +541,15 @@ def validate_line(line: str) -> str:
         if tokens.peek() == "neighbor":
             _check_selector(tokens)
         verb = tokens.take()
+        if verb == "announce" and tokens.peek() == "eor":
+            tokens.take()
+            family = tokens.take()
+            if family not in _FAMILY_NAMES.values():
+                raise ValueError(f"End-of-RIB for unknown family {family!r}")
+            tokens.expect("unicast")
+            if tokens.peek() is not None:
+                raise ValueError(f"unexpected {tokens.peek()!r} after the family")
+            return line
         tokens.expect("attributes")
         if verb == "announce":
             _check_announce(tokens)

@@ -130,6 +130,12 @@ def _neighbor(
             lines.append(f"    listen {BGP_PORT};")
     # `show adj-rib out` reads this cache, and it re-sends routes after a session flap
     lines.append("    adj-rib-out true;")
+    if peer.graceful_restart is not None:
+        # A restarted ExaBGP knows no routes until the speaker announces them; its own End-of-RIB
+        # right after the OPEN would make the router drop this host's stale routes first
+        # (RFC 4724 §4.2). The speaker sends End-of-RIB itself once it has announced
+        # (codec.encode_eor); docs/bfd.md has the whole restart sequence.
+        lines.append("    manual-eor true;")
     lines.append("    family {")
     lines += [f"        {family} unicast;" for family in ("ipv4", "ipv6") if family in peer.families]
     lines.append("    }")
