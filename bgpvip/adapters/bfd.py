@@ -18,14 +18,20 @@ a hang; this one cannot, by design. The C bit is a per-session choice (`PeerSpec
 asked; docs/bfd.md says which value the speaker uses with graceful restart and why.
 
 Planned stops use AdminDown (`admin_down()` or `shutdown()`): the router takes the session down
-with diagnostic 7 on our side and 3 on its side, which RFC 5882 says is not a failure.
+with diagnostic 7 on our side and 3 on its side, which RFC 5882 says is not a failure. FRR 8.4
+and BIRD 2.0.12 tear BGP down for it all the same, so a planned *restart* of the speaker hands
+its sessions over instead (`hand_over()`, then `add(spec, resume=...)` in the new process): the
+router's session never goes down (docs/bfd.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
+import functools
+import json
 import logging
 import random
 import socket
@@ -35,7 +41,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from bgpvip import logs
-from bgpvip.core.bfd import Output, Path, Session, StateChange, Timers, Transmit, demultiplex
+from bgpvip.core.bfd import Handover, Output, Path, Session, StateChange, Timers, Transmit, demultiplex
 from bgpvip.core.bfd_packet import ControlPacket, Diag, Discard, State, decode, encode
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,66 @@ class Transition:
     reason: str
     at: float
     """The loop's clock (`loop.time()`)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoverRecord:
+    """One session handed over by a process that stops on purpose, for the process that follows
+    (`Bfd.hand_over()`, `Bfd.add(spec, resume=record)`); `dumps`/`loads` carry it in a file."""
+
+    peer: IPAddress
+    local: IPAddress
+    interface: str | None
+    source_port: int
+    handover: Handover
+    valid_until: float
+    """Wall-clock time (`time.time()`) the router gives up on the session: after it, a new
+    process starts afresh instead."""
+
+    @property
+    def key(self) -> tuple[IPAddress, str | None]:
+        return (self.peer, self.interface)
+
+    def matches(self, spec: PeerSpec, now: float) -> bool:
+        """Whether `spec` may go on with this session at wall-clock time `now`."""
+        return self.key == spec.key and self.local == spec.local and now < self.valid_until
+
+
+def dumps(records: Iterable[HandoverRecord]) -> str:
+    return json.dumps(
+        [
+            {
+                "peer": str(r.peer),
+                "local": str(r.local),
+                "interface": r.interface,
+                "source_port": r.source_port,
+                "valid_until": r.valid_until,
+                "handover": dataclasses.asdict(r.handover),
+            }
+            for r in records
+        ]
+    )
+
+
+def loads(text: str) -> list[HandoverRecord]:
+    """Records from `dumps`; raises ValueError (naming the problem) for anything else."""
+    try:
+        items = json.loads(text)
+        if not isinstance(items, list):
+            raise ValueError("not a list")
+        return [
+            HandoverRecord(
+                peer=ip_address(item["peer"]),
+                local=ip_address(item["local"]),
+                interface=item["interface"],
+                source_port=int(item["source_port"]),
+                valid_until=float(item["valid_until"]),
+                handover=Handover(**item["handover"]),
+            )
+            for item in items
+        ]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"not a BFD hand-over record: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,14 +267,18 @@ class Bfd:
         self._path_discrs: dict[Path, int] = {}
         self._receivers: dict[tuple[IPAddress, int], _Receiver] = {}
         self._closed = False
+        self._polls_ended: asyncio.Event | None = None
+        self._slow_us = 0
         self.unmatched = 0
         """Datagrams that matched no session (or failed the packet checks before matching)."""
         self.last_unmatched: str | None = None
 
     # ------------------------------------------------------------------ the speaker's API
 
-    def add(self, spec: PeerSpec) -> None:
-        """Start a session (state Down, sending at the slow rate until the peer answers)."""
+    def add(self, spec: PeerSpec, *, resume: HandoverRecord | None = None) -> None:
+        """Start a session (state Down, sending at the slow rate until the peer answers), or,
+        with `resume` (a record for this peer that `matches` it), go on with the session the
+        previous process handed over: state Up, same discriminators and source port."""
         if self._closed:
             raise BfdError("BFD is closed")
         if spec.key in self._entries:
@@ -225,20 +295,30 @@ class Bfd:
             raise BfdError(f"{spec.label}: link-local peer {spec.peer} needs an interface")
         rx = self._receiver(spec, scope_id)
         try:
-            tx, port = self._sender(spec, scope_id)
+            tx, port = self._sender(spec, scope_id, resume.source_port if resume else None)
         except BaseException:
             self._release(rx, spec.key)
             raise
         now = self._loop.time()
-        discr = self._new_discriminator()
-        entry = _Entry(
-            spec=spec,
-            session=Session.start(
+        if resume is not None and resume.handover.local_discr not in self._by_discr:
+            discr = resume.handover.local_discr
+            session = Session.resume(
+                resume.handover,
+                spec.timers,
+                now=now,
+                control_plane_independent=spec.control_plane_independent,
+            )
+        else:
+            discr = self._new_discriminator()
+            session = Session.start(
                 spec.timers,
                 local_discr=discr,
                 now=now,
                 control_plane_independent=spec.control_plane_independent,
-            ),
+            )
+        entry = _Entry(
+            spec=spec,
+            session=session,
             tx=tx,
             rx=rx,
             scope_id=scope_id,
@@ -257,6 +337,7 @@ class Bfd:
                 local=spec.local,
                 port=port,
                 discriminator=discr,
+                resumed=session.state == State.UP,
                 tx_ms=spec.timers.desired_min_tx / 1000,
                 rx_ms=spec.timers.required_min_rx / 1000,
                 mult=spec.timers.detect_mult,
@@ -304,6 +385,55 @@ class Bfd:
         if linger > 0:
             await asyncio.sleep(linger)
         self.close()
+
+    async def hand_over(
+        self, *, transmit_interval_ms: int, wall_now: float, wait: float = 2.0
+    ) -> list[HandoverRecord]:
+        """Prepare a planned restart of this process: slow every Up session's transmit interval
+        to `transmit_interval_ms` with a Poll Sequence, so the router waits Detect Mult times
+        that long for the next packet; wait (at most `wait` s) for the router's Finals; then
+        close every socket WITHOUT AdminDown and return the sessions the next process may go on
+        with (`add(spec, resume=...)`). A session whose poll did not end is not returned: the
+        router will see it time out, as after a crash. `wall_now` is `time.time()`."""
+        slow_us = transmit_interval_ms * 1000
+        for entry in list(self._entries.values()):
+            t = entry.spec.timers
+            if entry.session.state == State.UP and slow_us > t.desired_min_tx:
+                slow = Timers(
+                    desired_min_tx=slow_us, required_min_rx=t.required_min_rx, detect_mult=t.detect_mult
+                )
+                self._run(entry, functools.partial(_reconfigure, slow))
+        self._polls_ended = asyncio.Event()
+        self._slow_us = slow_us
+        self._check_polls()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._polls_ended.wait(), wait)
+        self._polls_ended = None
+        records = []
+        started = self._loop.time()
+        for entry in self._entries.values():
+            handover = entry.session.handover()
+            if handover is None or handover.desired_min_tx < slow_us:
+                continue
+            # the router's clock started with our last packet, before this loop's `started`
+            last = entry.session.last_tx if entry.session.last_tx is not None else started
+            records.append(
+                HandoverRecord(
+                    peer=entry.spec.peer,
+                    local=entry.spec.local,
+                    interface=entry.spec.interface,
+                    source_port=entry.source_port,
+                    handover=handover,
+                    valid_until=wall_now - (started - last) + handover.router_detection_time / 1e6,
+                )
+            )
+            log.info(
+                logs.kv(
+                    "bfd-hand-over", peer=entry.spec.label, window_ms=handover.router_detection_time / 1000
+                )
+            )
+        self.close()
+        return records
 
     def close(self) -> None:
         """Close every socket and cancel every timer. Idempotent."""
@@ -357,7 +487,9 @@ class Bfd:
                 self._loop.remove_reader(receiver.sock.fileno())
                 receiver.sock.close()
 
-    def _sender(self, spec: PeerSpec, scope_id: int) -> tuple[socket.socket, int]:
+    def _sender(
+        self, spec: PeerSpec, scope_id: int, preferred: int | None = None
+    ) -> tuple[socket.socket, int]:
         family = socket.AF_INET if spec.local.version == 4 else socket.AF_INET6
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -371,8 +503,9 @@ class Bfd:
             if spec.interface is not None:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, spec.interface.encode())
             local_scope = scope_id if spec.local.version == 6 and spec.local.is_link_local else 0
-            for _ in range(_PORT_TRIES):
-                port = self._rng.randint(*SOURCE_PORTS)
+            for attempt in range(_PORT_TRIES):
+                # RFC 5881 §4: one source port for the session's life, across a hand-over too
+                port = preferred if attempt == 0 and preferred else self._rng.randint(*SOURCE_PORTS)
                 try:
                     sock.bind(self._sockaddr(spec.local, port, local_scope))
                     return sock, port
@@ -451,6 +584,18 @@ class Bfd:
         entry.session, outputs = op(entry.session, now, self._rng.random())
         self._outputs(entry, outputs)
         self._arm(entry)
+        if self._polls_ended is not None:
+            self._check_polls()
+
+    def _check_polls(self) -> None:
+        """During `hand_over`: set the event once every Up session runs at the slow interval."""
+        if self._polls_ended is None:
+            return
+        if all(
+            e.session.state != State.UP or (not e.session.polling and e.session.tx_in_use >= self._slow_us)
+            for e in self._entries.values()
+        ):
+            self._polls_ended.set()
 
     def _fire(self, entry: _Entry) -> None:
         entry.timer = None
@@ -560,6 +705,10 @@ class Bfd:
             send_errors=e.send_errors,
             last_discard=e.last_discard,
         )
+
+
+def _reconfigure(timers: Timers, s: Session, now: float, rnd: float) -> tuple[Session, tuple[Output, ...]]:
+    return s.reconfigure(timers, now, rnd=rnd)
 
 
 def _ancillary(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, int]:

@@ -24,6 +24,12 @@ What is implemented, by section of RFC 5880:
 - §6.8.16: AdminDown with a diagnostic (7 by default) for planned stops. A received AdminDown
   takes the session Down with diagnostic 3, and `StateChange.failure` is false for it
   (RFC 5882 §3.2: it is not a path failure).
+- Hand-over across a planned restart of the speaker (`Handover`, `Session.resume`): the old
+  process slows its transmit interval with a Poll Sequence (§6.8.3), so the router's detection
+  time grows to cover the restart, and leaves a snapshot of the session; the new process goes
+  on with the same discriminators in state Up and polls back to the configured rate. The
+  router sees one session that never went down. Why (FRR 8.4 and BIRD 2.0.12 treat AdminDown
+  as a failure) is in docs/bfd.md.
 
 The C bit (control plane independent, §4.1) is whatever the session was started with, 0 unless
 asked: bgpvip's BFD runs on the speaker's own event loop and shares its fate on purpose, so a
@@ -154,6 +160,49 @@ class Session:
             tx_in_use=slow,
             rx_in_use=timers.required_min_rx,
             next_tx=now,
+        )
+
+    @classmethod
+    def resume(
+        cls, handover: Handover, timers: Timers, *, now: float, control_plane_independent: bool = False
+    ) -> Session:
+        """Go on with a session another process handed over (`handover()`): state Up, the same
+        discriminators, the slow interval the router expects, a packet due at once, and a Poll
+        Sequence back to `timers` as soon as it is sent (§6.8.3: a faster TX applies at once).
+
+        The detection timeout starts with the first packet received. If the router gave up
+        meanwhile, its first packet says Down and this session follows it down (§6.8.6)."""
+        return cls(
+            timers=timers,
+            local_discr=handover.local_discr,
+            control_plane_independent=control_plane_independent,
+            state=State.UP,
+            remote_state=State.UP,
+            remote_discr=handover.remote_discr,
+            remote_min_rx=handover.remote_min_rx,
+            remote_desired_min_tx=handover.remote_desired_min_tx,
+            remote_detect_mult=handover.remote_detect_mult,
+            desired_min_tx=handover.desired_min_tx,
+            required_min_rx=handover.required_min_rx,
+            tx_in_use=handover.desired_min_tx,
+            rx_in_use=handover.required_min_rx,
+            next_tx=now,
+        )
+
+    def handover(self) -> Handover | None:
+        """A snapshot for `resume()`, or None when the session is not Up with the interval it
+        advertises in use (nothing to hand over, or a Poll Sequence still running)."""
+        if self.state != State.UP or self.polling or self.remote_detect_mult == 0 or not self.remote_discr:
+            return None
+        return Handover(
+            local_discr=self.local_discr,
+            remote_discr=self.remote_discr,
+            desired_min_tx=self.desired_min_tx,
+            required_min_rx=self.required_min_rx,
+            detect_mult=self.timers.detect_mult,
+            remote_min_rx=self.remote_min_rx,
+            remote_desired_min_tx=self.remote_desired_min_tx,
+            remote_detect_mult=self.remote_detect_mult,
         )
 
     # ------------------------------------------------------------------ derived values
@@ -370,6 +419,44 @@ class Session:
         if s._packet(poll=False, final=False) != s.last_sent:
             s = s._send(now, rnd, out)
         return s, tuple(out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handover:
+    """What a new process needs to go on with an Up session (`Session.resume`): the session's
+    identity and the values both sides last advertised. Intervals in microseconds."""
+
+    local_discr: int
+    remote_discr: int
+    desired_min_tx: int
+    """What this side advertised last: the slow interval the router's detection time is based on."""
+    required_min_rx: int
+    detect_mult: int
+    remote_min_rx: int
+    remote_desired_min_tx: int
+    remote_detect_mult: int
+
+    def __post_init__(self) -> None:
+        for name in (
+            "local_discr",
+            "remote_discr",
+            "desired_min_tx",
+            "required_min_rx",
+            "remote_desired_min_tx",
+        ):
+            if not 0 < getattr(self, name) <= MAX_U32:
+                raise ValueError(f"{name} must be 1..2^32-1")
+        if not 0 <= self.remote_min_rx <= MAX_U32:
+            raise ValueError("remote_min_rx must be 0..2^32-1")
+        for name in ("detect_mult", "remote_detect_mult"):
+            if not 0 < getattr(self, name) <= 255:
+                raise ValueError(f"{name} must be 1..255")
+
+    @property
+    def router_detection_time(self) -> int:
+        """Microseconds the router waits for our next packet: our Detect Mult times the larger
+        of its required RX and our advertised TX (§6.8.4, seen from the router)."""
+        return self.detect_mult * max(self.remote_min_rx, self.desired_min_tx)
 
 
 # ---------------------------------------------------------------------- demultiplexing

@@ -24,7 +24,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
-from bgpvip.adapters.bfd import Bfd, BfdError, PeerSpec, Transition
+from bgpvip.adapters.bfd import Bfd, BfdError, PeerSpec, Transition, dumps, loads
 from bgpvip.core.bfd import Timers
 from bgpvip.core.bfd_packet import ControlPacket, Diag, State, decode, encode
 
@@ -367,6 +367,87 @@ async def test_admin_down_is_seen_as_a_planned_stop(link: Link) -> None:
     finally:
         pair.a.close()
         pair.b.close()
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+async def test_a_handed_over_session_never_goes_down_at_the_peer(link: Link, family: int) -> None:
+    """A planned restart: `a` slows down with a poll, hands over and closes; 4 s later (inside
+    the 3 x 2 s window) a new process goes on with the session. `b` stays Up throughout, the
+    discriminators and source port are the same, and the fast rate is back."""
+    pair = make_pair(link, family)
+    spec = PeerSpec(peer=pair.b_addr, local=pair.a_addr, timers=FAST, name="to-b")
+    new: Bfd | None = None
+    try:
+        await wait_for(lambda: pair.state("a") == pair.state("b") == State.UP, limit=5)
+        await asyncio.sleep(1)  # both at the fast rate
+        (before,) = pair.a.status()
+        pair.seen.clear()
+        records = loads(dumps(await pair.a.hand_over(transmit_interval_ms=2000, wall_now=1000.0)))
+        (record,) = records
+        assert record.handover.local_discr == before.local_discriminator
+        assert record.handover.desired_min_tx == 2_000_000
+        assert 1005.5 < record.valid_until <= 1006.0  # 3 x 2 s after our last packet
+        assert pair.b.status()[0].detection_time_ms == 6000  # the peer follows the poll
+        await asyncio.sleep(4)
+        assert pair.state("b") == State.UP
+        assert record.matches(spec, now=1004.0) and not record.matches(spec, now=1006.0)
+        with inside(link.a):
+            new = Bfd(on_transition=lambda t: pair.seen.append(("new", t)))
+            new.add(spec, resume=record)
+        await asyncio.sleep(1)
+        (after,) = new.status()
+        assert (after.state, after.local_discriminator, after.remote_discriminator) == (
+            State.UP,
+            before.local_discriminator,
+            before.remote_discriminator,
+        )
+        assert after.source_port == before.source_port
+        (peer_view,) = pair.b.status()
+        assert (peer_view.state, peer_view.detection_time_ms, peer_view.remote_discriminator) == (
+            State.UP,
+            300,
+            before.local_discriminator,
+        )
+        assert [t for side, t in pair.seen if side == "b"] == []  # no transition at all at the peer
+    finally:
+        pair.a.close()
+        pair.b.close()
+        if new is not None:
+            new.close()
+
+
+@pytest.mark.looptime
+async def test_a_late_resume_follows_the_peer_down_and_comes_up_again(link: Link) -> None:
+    """The new process came too late: the peer timed the session out. The resumed session
+    learns that from the peer's first packet and the handshake starts over."""
+    pair = make_pair(link, 4)
+    spec = PeerSpec(peer=pair.b_addr, local=pair.a_addr, timers=FAST, name="to-b")
+    new: Bfd | None = None
+    try:
+        await wait_for(lambda: pair.state("a") == pair.state("b") == State.UP, limit=5)
+        (record,) = await pair.a.hand_over(transmit_interval_ms=500, wall_now=0.0)
+        await wait_for(lambda: pair.state("b") == State.DOWN, limit=2)
+        with inside(link.a):
+            new = Bfd(on_transition=lambda t: pair.seen.append(("new", t)))
+            new.add(spec, resume=record)
+        await wait_for(
+            lambda: new is not None and new.status()[0].state == pair.state("b") == State.UP, limit=5
+        )
+        mine = [(t.old, t.new) for side, t in pair.seen if side == "new"]
+        assert mine[0] == (State.UP, State.DOWN)  # the peer's first packet said Down
+        assert mine[-1][1] == State.UP
+    finally:
+        pair.a.close()
+        pair.b.close()
+        if new is not None:
+            new.close()
+
+
+def test_handover_records_refuse_garbage() -> None:
+    for text in ("{}", "[{}]", '[{"peer": "10.0.0.1"}]', "not json", '[{"peer": "x", "local": "10.0.0.2"}]'):
+        with pytest.raises(ValueError, match="not a BFD hand-over record"):
+            loads(text)
 
 
 @pytest.mark.looptime

@@ -12,6 +12,7 @@ import pytest
 from bgpvip.core.bfd import (
     GTSM_TTL,
     SLOW_TX_US,
+    Handover,
     Path,
     Session,
     StateChange,
@@ -691,3 +692,62 @@ def test_demultiplex(your: int, source: object, ifindex: int, expected: int | st
         assert got == expected
     else:
         assert isinstance(got, Discard) and expected in got.reason
+
+
+# --------------------------------------------------------------------------- hand-over (planned restart)
+
+
+def test_hand_over_then_resume_keeps_the_peer_up_and_polls_back_to_the_fast_rate() -> None:
+    """The old process slows to 2 s with a poll, hands over and goes silent for 5 s (within the
+    3 x 2 s the peer now waits); the resumed session sends Up at once and polls back to 100 ms."""
+    net = up_pair()
+    net.run_for(1)
+    net.apply("a", net.a.reconfigure(timers(tx=2000), net.now, rnd=0.0))
+    assert net.a.handover() is None  # the poll is still running
+    net.run_for(0.1)
+    handover = net.a.handover()
+    assert handover is not None
+    assert (handover.local_discr, handover.remote_discr, handover.desired_min_tx) == (
+        0x1111,
+        0x2222,
+        ms(2000),
+    )
+    assert handover.router_detection_time == 3 * ms(2000)
+    net.changes.clear()
+    net.cut.add("a")  # the old process is gone
+    net.run_for(5)
+    assert net.b.state == State.UP
+    net.a = Session.resume(handover, timers(), now=net.now)
+    net.cut.discard("a")
+    net.run_for(0.5)
+    assert net.changes == []  # neither side ever left Up
+    assert (net.a.state, net.b.state, net.a.tx_in_use, net.b.detection_time) == (
+        State.UP,
+        State.UP,
+        ms(100),
+        ms(300),
+    )
+
+
+def test_handover_is_none_unless_up() -> None:
+    assert Session.start(timers(), local_discr=1, now=0.0).handover() is None
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["local_discr", "remote_discr", "desired_min_tx", "required_min_rx", "detect_mult", "remote_detect_mult"],
+)
+def test_handover_refuses_zero(field: str) -> None:
+    good = dict(
+        local_discr=1,
+        remote_discr=2,
+        desired_min_tx=ms(2000),
+        required_min_rx=ms(100),
+        detect_mult=3,
+        remote_min_rx=ms(100),
+        remote_desired_min_tx=ms(100),
+        remote_detect_mult=3,
+    )
+    Handover(**good)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=field):
+        Handover(**{**good, field: 0})  # type: ignore[arg-type]
