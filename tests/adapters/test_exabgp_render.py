@@ -134,7 +134,8 @@ def parsed_by_exabgp(text: str, tmp_path: Path) -> dict[str, Any]:
 
 def test_golden_frr(golden: Callable[[str, str], None]) -> None:
     golden(
-        "exabgp_frr.conf.txt", render_config(frr(), process_command=GOLDEN_COMMAND, local_addresses=FRR_LOCAL)
+        "exabgp_frr.conf.txt",
+        render_config(frr(), process_command=GOLDEN_COMMAND, local_addresses=FRR_LOCAL, manual_eor=True),
     )
 
 
@@ -152,7 +153,10 @@ def test_golden_rtx(golden: Callable[[str, str], None]) -> None:
 def test_exabgp_parses_the_frr_config(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bgpvip", "speaker", "--config", "/etc/bgp vip/a,b;c.yaml"]
     parsed = parsed_by_exabgp(
-        render_config(frr(), process_command=command, local_addresses=FRR_LOCAL, passwords={}), tmp_path
+        render_config(
+            frr(), process_command=command, local_addresses=FRR_LOCAL, passwords={}, manual_eor=True
+        ),
+        tmp_path,
     )
     assert parsed["run"] == command
     assert parsed["encoder"] == "json"
@@ -387,3 +391,13 @@ def test_environment_defaults(tmp_path: Path) -> None:
     assert environment["EXABGP_ENVFILE"] == str(tmp_path / "exabgp.env")
     with pytest.raises(ValueError, match="absolute"):
         exabgp_environment(ExabgpConfig(), "run/bgpvip")
+
+
+def test_manual_eor_only_for_a_process_that_sends_it() -> None:
+    """Without the flag ExaBGP keeps sending End-of-RIB itself: a speaker that does not send
+    it must not leave the router waiting for one."""
+    without = render_config(frr(), process_command=GOLDEN_COMMAND, local_addresses=FRR_LOCAL)
+    with_it = render_config(frr(), process_command=GOLDEN_COMMAND, local_addresses=FRR_LOCAL, manual_eor=True)
+    assert "manual-eor" not in without
+    assert with_it.count("manual-eor true;") == 1  # the one peer with graceful restart
+    assert with_it.replace("    manual-eor true;\n", "") == without

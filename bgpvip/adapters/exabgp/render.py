@@ -98,6 +98,7 @@ def _neighbor(
     local_address: IPAddress,
     password: str | None,
     listen: bool,
+    manual_eor: bool,
 ) -> list[str]:
     if peer.hold_time in (1, 2):
         raise ValueError(
@@ -130,7 +131,7 @@ def _neighbor(
             lines.append(f"    listen {BGP_PORT};")
     # `show adj-rib out` reads this cache, and it re-sends routes after a session flap
     lines.append("    adj-rib-out true;")
-    if peer.graceful_restart is not None:
+    if peer.graceful_restart is not None and manual_eor:
         # A restarted ExaBGP knows no routes until the speaker announces them; its own End-of-RIB
         # right after the OPEN would make the router drop this host's stale routes first
         # (RFC 4724 §4.2). The speaker sends End-of-RIB itself once it has announced
@@ -168,6 +169,7 @@ def render_config(
     local_addresses: AddressMap,
     passwords: PasswordMap | None = None,
     listening: Collection[Any] | None = None,
+    manual_eor: bool = False,
 ) -> str:
     """A complete ExaBGP 5 configuration: one `neighbor` per peer, all bound to the API
     process `bgpvip` that runs `process_command` with the JSON encoder.
@@ -177,6 +179,10 @@ def render_config(
     peer address to its MD5 password, read by the caller from `password_file`. `listening`
     holds the (non-passive) peers whose connections ExaBGP also accepts on port 179; None:
     every peer whose `listen` is not false (the caller checks the port can be bound).
+    `manual_eor`: peers with graceful restart get `manual-eor true;`, so ExaBGP sends no
+    End-of-RIB of its own; only for a process that sends it (`codec.encode_eor`) after every
+    session comes up and its routes are announced, since without any End-of-RIB a router keeps
+    withdrawn routes stale for minutes and a restarted FRR defers its best-path selection.
     Raises ValueError for anything ExaBGP would refuse or misread."""
     if not process_command:
         raise ValueError("process_command is empty")
@@ -207,6 +213,7 @@ def render_config(
             local_address=_local_address(peer, local_addresses),
             password=_password(peer, passwords or {}),
             listen=peer.address in listen,
+            manual_eor=manual_eor,
         )
     return "\n".join(out) + "\n"
 

@@ -126,18 +126,61 @@ def run_setting(router_kind: str, setting: dict[str, Any], events: list[str], n:
     return rows
 
 
+def setting_label(row: dict[str, Any]) -> str:
+    parts = ["GR" if row["gr"] else "no GR"]
+    if row["router"] == "frr":
+        parts.append("cpf" if row.get("cpf") else "no cpf")
+    else:
+        parts.append(f"bfd {row.get('bird_bfd', 'on')}")
+    parts.append(f"C={row.get('cbit', 0)}")
+    return ", ".join(parts)
+
+
+def summarize(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table per router: one row per setting, one column per event; a cell says
+    `kept` or the drop times (ms), then the failed client connections of every run."""
+    out = []
+    for router in sorted({r["router"] for r in rows}):
+        mine = [r for r in rows if r["router"] == router]
+        events = list(dict.fromkeys(r["event"] for r in mine))
+        out.append(f"| {router} | " + " | ".join(events) + " |")
+        out.append("|---" * (len(events) + 1) + "|")
+        for label in dict.fromkeys(setting_label(r) for r in mine):
+            cells = []
+            for event in events:
+                runs = [r for r in mine if setting_label(r) == label and r["event"] == event]
+                if any("error" in r for r in runs) or not runs:
+                    cells.append("error" if runs else "")
+                    continue
+                drops = [r["drop_after"] for r in runs if r["dropped"]]
+                failed = "/".join(str(r["failed"]) for r in runs)
+                if not drops:
+                    cells.append(f"kept ({failed})")
+                else:
+                    times = ", ".join(f"{d * 1000:.0f}" for d in drops)
+                    kept = len(runs) - len(drops)
+                    cells.append(f"**{times}**" + (f" +{kept} kept" if kept else "") + f" ({failed})")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
     # SIGTERM ends the run through the `finally` blocks, so every lab is torn down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--router", choices=("frr", "bird"), required=True)
+    parser.add_argument("--router", choices=("frr", "bird"))
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--events", default=",".join(UNPLANNED + PLANNED))
     parser.add_argument("--settings", help="JSON list of settings; default: the whole matrix for the router")
     parser.add_argument("--json", help="append every row to this file")
+    parser.add_argument("--summarize", metavar="FILE", help="print the table of a --json file and exit")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize([json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line]))
+        return 0
     if args.settings:
         settings = json.loads(args.settings)
     elif args.router == "frr":
@@ -153,6 +196,8 @@ def main() -> int:
             for gr in (False, True)
             for mode in ("on", "graceful")
         ]
+    if args.router is None:
+        parser.error("--router is required")
     rows = []
     for setting in settings:
         rows += run_setting(args.router, setting, args.events.split(","), args.n)
