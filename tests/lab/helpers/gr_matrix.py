@@ -76,6 +76,7 @@ def run_event(node: grlab.NodeStack, router: grlab.Router, lab: nslab.Lab, event
             raise ValueError(event)
         gone = watch.gone_at(t)
         back = watch.back_at(t)
+    eors = [e["wall"] - t for e in node.events() if e["event"] == "eor" and e["wall"] > t]
     outcome = grlab.Outcome(
         event=event,
         dropped=gone is not None,
@@ -83,6 +84,7 @@ def run_event(node: grlab.NodeStack, router: grlab.Router, lab: nslab.Lab, event
         back_after=None if back is None else back - t,
         failed=client.failed(t),
         total=client.total(t),
+        eor_after=eors[0] if eors and event.startswith("restart-") else None,
     )
     node.wait_steady(router, timeout=60)
     return outcome

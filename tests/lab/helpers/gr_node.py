@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from bgpvip.adapters.bfd import Bfd, PeerSpec, Transition, dumps, loads
 from bgpvip.adapters.exabgp import codec
 from bgpvip.core.bfd import Timers
+from bgpvip.core.bfd_packet import State
 
 TIMERS = Timers(desired_min_tx=100_000, required_min_rx=100_000, detect_mult=3)
 
@@ -88,7 +89,8 @@ class Node:
                 path.unlink()
                 resume = next((r for r in records if r.matches(self.spec, time.time())), None)
         self.bfd.add(self.spec, resume=resume)
-        self.emit("bfd-start", cbit=self.args.cbit, resumed=resume is not None)
+        resumed = self.bfd.status()[0].state == State.UP  # a fresh session starts Down
+        self.emit("bfd-start", cbit=self.args.cbit, resumed=resumed)
 
     def bfd_stop(self, why: str) -> None:
         if self.bfd is not None:
