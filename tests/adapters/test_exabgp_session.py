@@ -404,3 +404,26 @@ async def test_cease_stops_exabgp_after_the_wait_when_a_notification_never_comes
     exabgp.write("done")
     assert await exabgp.read_command() == "shutdown"
     assert await task is False
+
+
+async def test_close_for_restart_stops_exabgp_without_a_cease(
+    exabgp: FakeExaBgp, session: ExaBgpSession
+) -> None:
+    await session.close_for_restart()
+    assert await exabgp.read_command() == "shutdown"  # no `neighbor * teardown 2` before it
+    exabgp.write("done")
+    nxt = asyncio.create_task(session.command("flush adj-rib out"))
+    assert await exabgp.read_command() == "flush adj-rib out"
+    exabgp.write("done")
+    assert await nxt is True  # the abandoned ack of `shutdown` was not taken for this one
+
+
+async def test_end_of_rib_per_peer_and_family(exabgp: FakeExaBgp, session: ExaBgpSession) -> None:
+    task = asyncio.create_task(session.end_of_rib(4, ["10.0.1.1"]))
+    assert await exabgp.read_command() == "neighbor 10.0.1.1 announce eor ipv4 unicast"
+    exabgp.write("done")
+    assert await task is True
+    task = asyncio.create_task(session.end_of_rib(6))
+    assert await exabgp.read_command() == "announce eor ipv6 unicast"
+    exabgp.write("error")  # no IPv6 peer established
+    assert await task is False

@@ -390,6 +390,21 @@ class ExaBgpSession:
         finally:
             self._cease_waiting = None
 
+    async def close_for_restart(self) -> None:
+        """Stop ExaBGP so that every BGP session ends WITHOUT a NOTIFICATION (`shutdown`): where
+        graceful restart was negotiated the routers keep this host's routes as stale until the
+        restarted speaker sends End-of-RIB (`end_of_rib`). Nothing is withdrawn and no Cease goes
+        out, unlike `cease_and_shutdown`; the ack is not waited for (ExaBGP may exit first).
+        The BFD sessions must be handed over before this, not taken down (docs/bfd.md)."""
+        pending = await self._send(codec.SHUTDOWN_COMMAND)
+        pending.abandoned = True
+
+    async def end_of_rib(self, family: int, peers: Collection[str] = ()) -> bool:
+        """Send End-of-RIB for `family` (4 or 6) unicast to `peers` (every established neighbor
+        when empty): once a session is up and every route wanted on it is announced and acked.
+        False when ExaBGP answers `error` (no named peer is established any more)."""
+        return await self.command(codec.encode_eor(family, peers))
+
     def _on_notification(self, message: codec.Notification) -> None:
         if self._cease_waiting is None or message.direction != "send":
             return
