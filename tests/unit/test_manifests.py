@@ -28,7 +28,7 @@ NAMESPACE = "bgpvip-system"
 SERVICE_ACCOUNT = "bgpvip-speaker"
 CONFIG_PATH = "/etc/bgpvip/config.yaml"
 # `bgpvip run` gives the speaker shutdown_delay + 15 s to withdraw, then ExaBGP 15 s before it
-# kills it (bgpvip/supervisor.py): the kubelet must not SIGKILL the pod before that.
+# kills it (bgpvip/launcher/supervisor.py): the kubelet must not SIGKILL the pod before that.
 SUPERVISOR_STOP_BUDGET = 15.0 + 15.0
 
 
