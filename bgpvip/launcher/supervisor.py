@@ -1,90 +1,40 @@
-"""`bgpvip run`: render ExaBGP's configuration, start ExaBGP, and stop it in the right order.
+"""`bgpvip run`'s long-lived part: start ExaBGP, pass signals on, and stop in the right order.
 
-I/O side. One command for systemd units and containers. ExaBGP runs as our child with
+I/O side, standard library only: this process waits on ExaBGP for the life of the node, so it
+loads nothing else (bgpvip/launcher/prepare.py renders the configuration and then replaces
+itself with this program, `python -m bgpvip.launcher`). ExaBGP runs as our child with
 bgpvip's speaker as its API process. On SIGTERM/SIGINT the order matters: first the
 speaker withdraws every route and waits `shutdown_delay` (routers converge while the host
 still answers on its VIPs), then ExaBGP is stopped. A stop marker in the runtime directory
 keeps a speaker that ExaBGP respawns in the meantime from announcing again.
 SIGHUP is passed to the speaker only (it reloads VIPs and checks); ExaBGP would treat SIGHUP
 as a reload of its own configuration.
+
+Between events the process sleeps in sigwaitinfo(): the signals it acts on (ExaBGP's exit is
+SIGCHLD) are blocked and taken one at a time by the main loop, so nothing wakes it while all
+is well, and no handler ever runs in the middle of the loop's work.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
 from bgpvip import logs
-from bgpvip.adapters import exabgp as exa
-from bgpvip.configfile import load_file, read_password
-from bgpvip.core.config import Config, ConfigError
-from bgpvip.core.model import IPAddress
-from bgpvip.preflight import check_run, find_exabgp
 from bgpvip.runfiles import PID_FILE, STOP_MARKER
 
 log = logs.get("run")
 
-
-def speaker_command(config_path: Path) -> list[str]:
-    """How ExaBGP starts the speaker: this Python, this package, the same config file."""
-    # abspath, not resolve(): a ConfigMap's file is a symlink into a timestamped directory that
-    # the kubelet deletes on the next update; the speaker must keep the stable name.
-    # bgpvip.speaker, not the CLI's `bgpvip speaker`: the same process without click (1.2 MB).
-    return [sys.executable, "-m", "bgpvip.speaker", "--config", os.path.abspath(config_path)]
-
-
-def resolve_local_addresses(config: Config) -> dict[IPAddress, IPAddress]:
-    """Each peer's local address: configured, or the source the kernel would use to reach it."""
-    out: dict[IPAddress, IPAddress] = {}
-    problems: list[tuple[str, str]] = []
-    for i, peer in enumerate(config.bgp.peers):
-        if peer.local_address is not None:
-            out[peer.address] = peer.local_address
-            continue
-        from bgpvip.adapters import netlink  # pyroute2 costs 70 ms; only needed here
-
-        try:
-            found = netlink.local_address_for(peer.address)
-        except Exception as e:
-            found = None
-            problems.append((f"bgp.peers[{i}].local_address", f"unset, and no route to {peer.address}: {e}"))
-            continue
-        if found is None:
-            problems.append(
-                (f"bgp.peers[{i}].local_address", f"unset, and the kernel has no route to {peer.address}")
-            )
-        else:
-            out[peer.address] = found
-    if problems:
-        raise ConfigError(problems)
-    return out
-
-
-def read_passwords(config: Config) -> dict[IPAddress, str]:
-    out: dict[IPAddress, str] = {}
-    for i, peer in enumerate(config.bgp.peers):
-        if peer.password_file is None:
-            continue
-        try:
-            out[peer.address] = read_password(peer.password_file)
-        except (OSError, ValueError) as e:
-            raise ConfigError([(f"bgp.peers[{i}].password_file", str(e))]) from None
-    return out
-
-
-def render(config: Config, config_path: Path, *, speaker: list[str] | None = None) -> str:
-    return exa.render_config(
-        config,
-        process_command=speaker or speaker_command(config_path),
-        local_addresses=resolve_local_addresses(config),
-        passwords=read_passwords(config),
-    )
+EXABGP_STOP_GRACE = 15.0
+"""Seconds ExaBGP gets after SIGTERM before it is killed."""
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+WAITED = frozenset({signal.SIGCHLD, signal.SIGHUP, *STOP_SIGNALS})
 
 
 def _read_pid(path: Path) -> int | None:
@@ -106,63 +56,58 @@ def _alive(pid: int) -> bool:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: Path, *, env: Mapping[str, str] | None = None) -> None:
-        self.config = config
-        self.config_path = config_path
-        self.runtime = config.runtime_dir
+    """ExaBGP (`exabgp`: its command line, started with `env`) and the speaker it runs, whose
+    pid file is in `runtime_dir`; `speaker_grace`: how long the speaker may take to stop."""
+
+    def __init__(
+        self,
+        exabgp: Sequence[str],
+        *,
+        runtime_dir: Path,
+        speaker_grace: float,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.exabgp = list(exabgp)
+        self.runtime = runtime_dir
+        self.speaker_grace = speaker_grace
         self.env = dict(env if env is not None else os.environ)
         self.proc: subprocess.Popen[bytes] | None = None
-        self._stop_requested = False
+        self._early: list[int] = []
         self._stopping = False
 
-    def prepare(self) -> list[str]:
-        try:
-            self.runtime.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(
-                [("runtime_dir", f"{self.runtime} cannot be created: {e.strerror or e}")]
-            ) from None
-        (self.runtime / STOP_MARKER).unlink(missing_ok=True)
-        conf = self.runtime / "exabgp.conf"
-        text = render(self.config, self.config_path)
-        tmp = conf.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        tmp.replace(conf)
-        self.env.update(exa.exabgp_environment(self.config.exabgp, self.runtime))
-        # glibc gives threads that allocate at once their own malloc arenas (up to 8 per core),
-        # each holding on to freed memory; the speaker has watcher, recorder and worker threads.
-        # With two arenas and a single decide thread, the speaker's growth over 1,000 changes at
-        # 10,000 Services went from +26 MB to +11-12 MB (measured together with that day's other
-        # Service changes, not apart).
-        self.env.setdefault("MALLOC_ARENA_MAX", "2")
-        return [find_exabgp(self.config.exabgp.executable), str(conf)]
-
     def run(self) -> int:
-        argv = self.prepare()
-        log.info(logs.kv("exabgp-start", argv=" ".join(argv)))
-        self.proc = subprocess.Popen(argv, env=self.env)
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
-        # Signal handlers only set flags: waiting inside a handler while the main thread sits
-        # in Popen.wait() would stall on the wait lock.
+        log.info(logs.kv("exabgp-start", argv=" ".join(self.exabgp)))
+        # A signal that comes before the mask is set is kept by this handler; the mask is set
+        # only after ExaBGP has started, because a child inherits its parent's mask.
+        previous = {s: signal.signal(s, self._early_signal) for s in WAITED}
+        try:
+            self.proc = subprocess.Popen(self.exabgp, env=self.env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        pending, self._early = self._early, []
         kill_at: float | None = None
-        while True:
-            try:
-                code = self.proc.wait(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if self._stop_requested and not self._stopping:
+        while (code := self.proc.poll()) is None:
+            if not pending:
+                timeout = None if kill_at is None else kill_at - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    log.warning(logs.kv("exabgp-kill", pid=self.proc.pid))
+                    self.proc.kill()
+                    kill_at = None
+                    continue
+                info = signal.sigwaitinfo(WAITED) if timeout is None else signal.sigtimedwait(WAITED, timeout)
+                if info is not None:
+                    pending.append(info.si_signo)
+                continue
+            signum = pending.pop(0)
+            if signum == signal.SIGHUP:
+                self._on_hup()
+            elif signum in STOP_SIGNALS and not self._stopping:
+                log.info(logs.kv("stop", signal=signal.Signals(signum).name))
                 self._stopping = True
                 self._stop_in_order()
-                kill_at = time.monotonic() + 15.0
-            if kill_at is not None and time.monotonic() > kill_at:
-                log.warning(logs.kv("exabgp-kill", pid=self.proc.pid))
-                self.proc.kill()
-                kill_at = None
+                kill_at = time.monotonic() + EXABGP_STOP_GRACE
         (self.runtime / STOP_MARKER).unlink(missing_ok=True)
         if self._stopping:
             log.info(logs.kv("stopped", exabgp_exit=code))
@@ -170,15 +115,13 @@ class Supervisor:
         log.error(logs.kv("exabgp-exited", code=code))
         return code if code else 1
 
-    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+    def _early_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._early.append(signum)
+
+    def _on_hup(self) -> None:
         pid = _read_pid(self.runtime / PID_FILE)
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGHUP)
-
-    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        if not self._stop_requested:
-            log.info(logs.kv("stop", signal=signal.Signals(signum).name))
-        self._stop_requested = True
 
     def _stop_in_order(self) -> None:
         """Speaker first (withdraw, wait, remove addresses), then ExaBGP."""
@@ -187,7 +130,7 @@ class Supervisor:
         pid = _read_pid(pidfile)
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + max(self.config.shutdown_delay, self.config.release_delay) + 15.0
+            deadline = time.monotonic() + self.speaker_grace
             # The speaker removes its pid file as the last thing it does.
             while pidfile.exists() and _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -197,16 +140,20 @@ class Supervisor:
             self.proc.send_signal(signal.SIGTERM)
 
 
-def run_main(config_path: Path) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bgpvip.launcher --runtime-dir DIR --speaker-grace S -- EXABGP ARGS...`, as
+    `bgpvip run` starts it; ExaBGP gets this process's environment."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bgpvip.launcher",
+        description="What `bgpvip run` becomes once the configuration is rendered: runs ExaBGP "
+        "(the command after --) and stops the speaker and ExaBGP in order.",
+    )
+    parser.add_argument("--runtime-dir", type=Path, required=True, help="bgpvip's runtime directory")
+    parser.add_argument(
+        "--speaker-grace", type=float, required=True, help="seconds the speaker may take to stop"
+    )
+    parser.add_argument("exabgp", nargs="+", help="ExaBGP's command line")
+    args = parser.parse_args(argv)
     logs.setup(os.environ.get("BGPVIP_LOG_LEVEL", "INFO"))
-    try:
-        config = load_file(config_path)
-        check_run(config)
-        supervisor = Supervisor(config, config_path)
-        return supervisor.run()
-    except ConfigError as e:
-        print(f"bgpvip: invalid configuration {config_path}:\n{e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"bgpvip: {e}", file=sys.stderr)
-        return 127
+    supervisor = Supervisor(args.exabgp, runtime_dir=args.runtime_dir, speaker_grace=args.speaker_grace)
+    return supervisor.run()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bgpvip.launcher.supervisor import speaker_command
+from bgpvip.launcher.prepare import speaker_command
 
 pytestmark = pytest.mark.timeout(60)
 
