@@ -403,6 +403,9 @@ class Bgpvip(Contender):
         vip = bgpvip_lab.http_vip(VIP, name="web", **self.timing)
         cfg = bgpvip_lab.node_config(self.lab, NODE, [vip])
         self.config = {"vips": [vip], "effective_timing": {**BGPVIP_DEFAULT_TIMING, **self.timing}}
+        speed = getattr(self.ctx.args, "exabgp_reactor_speed", None)
+        if speed is not None:
+            cfg["exabgp"] = self.config["exabgp"] = {"reactor_speed": speed}
         self.speaker = bgpvip_lab.start_speaker(self.lab, NODE, cfg, name=f"bgpvip-{self.name}")
         self.lab.wait_prefix(PREFIX, nexthops=[self.lab.node_ip(NODE)], timeout=60)
 
@@ -918,7 +921,8 @@ def render_text(report: dict[str, Any]) -> str:
     lines = [
         f"bgpvip failover benchmark, {report['date']}",
         f"command: {report['command']}",
-        f"health endpoint: {report['health_server']}; fast profile: {report['fast_profile']}",
+        f"health endpoint: {report['health_server']}; fast profile: {report['fast_profile']}; "
+        f"bgpvip's exabgp.reactor_speed: {report.get('exabgp_reactor_speed') or 'default'}",
         "",
     ]
     hdr = f"{'contender':<20} {'what':<52} {'n':>3} {'t/o':>3} {'median':>8} {'p90':>8} {'min':>8} {'max':>8} {'x def':>7}"
@@ -973,7 +977,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{bu.load_line(report)}). Health endpoint: "
         f"{report['health_server']}. Fast profile: "
         + ", ".join(f"`{k}: {v}`" for k, v in report["fast_profile"].items())
-        + ".",
+        + f". bgpvip's `exabgp.reactor_speed`: {report.get('exabgp_reactor_speed') or 'its default'}.",
         "",
         "| contender | what is measured | n | timeouts | median s | p90 s | min s | max s | x bgpvip defaults |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|",
@@ -1110,6 +1114,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the health endpoint (lab/helpers/namesrv.py) with TCP_NODELAY, as Go, nginx and "
         "HAProxy servers do; without it, a kept-alive probe waits ~40 ms for each answer's body",
     )
+    parser.add_argument(
+        "--exabgp-reactor-speed",
+        type=float,
+        default=None,
+        metavar="S",
+        help="bgpvip contenders: set exabgp.reactor_speed in their config (default: unset, bgpvip's default)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed for the trigger phases")
     bu.add_output_arguments(parser)
     return parser
@@ -1145,6 +1156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "health_server": "lab/helpers/namesrv.py"
             + (" with TCP_NODELAY" if args.server_nodelay else " (Python http.server, Nagle on)"),
             "fast_profile": parse_timing(args.fast_profile),
+            "exabgp_reactor_speed": args.exabgp_reactor_speed,
             "detector": "rtnetlink multicast (IPv4 routes in r1; IPv4 addresses in n1/n2 for keepalived), "
             "stamped with time.monotonic() in a thread blocked in recv(); each event confirmed by a lookup",
             "results": {},

@@ -6,7 +6,7 @@ peers with r1. r1 accepts the bench pool (default 10.200.0.0/16) only while the 
 runs: a prefix-list entry is added to r1's running config at start and removed at the end.
 
   raw      real ExaBGP started exactly as `bgpvip run` starts it (the config bgpvip renders,
-           the environment of `exabgp_environment`: reactor speed 0.1, api.ack, ...), with a
+           the environment of `exabgp_environment`: its reactor speed, api.ack, ...), with a
            minimal API process instead of bgpvip's speaker: it writes the N prefixes as
            `announce attributes next-hop self nlri ...` lines of 1,000 prefixes at once and reads
            the acks continuously. Timed from starting ExaBGP until all N /32s are in r1's kernel
@@ -544,7 +544,12 @@ class Bench:
             [],
             pools=[{"name": "bench", "addresses": [str(self.pool)]}],
             kubernetes={"enabled": True, "kubeconfig": str(self.kubeconfig) if self.kubeconfig else None},
-            exabgp={"executable": self.exe},
+            exabgp={"executable": self.exe}
+            | (
+                {}
+                if self.args.exabgp_reactor_speed is None
+                else {"reactor_speed": self.args.exabgp_reactor_speed}
+            ),
         )
 
     def wait_peer_idle(self) -> None:
@@ -601,7 +606,8 @@ class Bench:
                 local_addresses={},
             )
         )
-        env = {"PYTHONUNBUFFERED": "1", **exa.exabgp_environment(config.exabgp, runtime)}
+        env = {"PYTHONUNBUFFERED": "1", **exa.exabgp_environment(config.exabgp, runtime, service_ips=True)}
+        self.report["exabgp_reactor_speed"] = config.exabgp.speed(service_ips=True)
         log_path = lab.log_dir / f"{NODE}-{name}-exabgp.log"
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()
@@ -1086,7 +1092,8 @@ def render_text(report: dict[str, Any]) -> str:
     n = report["services"]
     lines = [f"\n== {n:,} Service IPs: bgpvip vs raw ExaBGP, same lab run"]
     lines.append(
-        f"pool {report['pool']}, batches of {BATCH}, ExaBGP reactor speed 0.1 (bgpvip's exabgp_environment)"
+        f"pool {report['pool']}, batches of {BATCH}, "
+        f"ExaBGP reactor speed {report.get('exabgp_reactor_speed', '?')} (bgpvip's exabgp_environment)"
     )
     if report.get("api"):
         lines.append(f"the speaker reaches the fake API over {report['api']}")
@@ -1418,6 +1425,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the floor anchor: ExaBGP with a standard-library Python process that lists the API itself",
     )
     parser.add_argument("--settle", type=float, default=2.0, help="quiet seconds before each start (2)")
+    parser.add_argument(
+        "--exabgp-reactor-speed",
+        type=float,
+        default=None,
+        metavar="S",
+        help="exabgp.reactor_speed for raw ExaBGP, the floor and bgpvip (default: unset, bgpvip's default)",
+    )
     parser.add_argument("--timeout", type=float, default=180.0, help="deadline of each convergence (180 s)")
     parser.add_argument("--change-timeout", type=float, default=10.0, help="deadline of each change (10 s)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (pauses, churn)")
