@@ -639,7 +639,7 @@ class StatusConfig(_Model):
 
 REACTOR_SPEED_SERVICE_IPS = 0.1
 """`exabgp.reactor_speed` when unset and `kubernetes.enabled`: bulk announcement."""
-REACTOR_SPEED_VIPS = 1.0
+REACTOR_SPEED_VIPS = 5.0
 """`exabgp.reactor_speed` when unset on a host without Service IPs: idle CPU."""
 
 
@@ -650,10 +650,11 @@ class ExabgpConfig(_Model):
     message, so a health failure reaches the router equally fast at any speed; what the speed
     changes is how often an idle ExaBGP wakes up, and how fast it works through a long queue
     of announcements, which it takes in slices with a wait in between. Default unset: 0.1 when
-    `kubernetes.enabled` (thousands of Service routes at start reach the router sooner), and
-    ExaBGP's own 1 on a host that only announces VIPs (an idle ExaBGP then wakes every 10 ms
-    instead of every millisecond, and a few VIPs never make a long queue). The measurements are
-    in docs/performance.md. At least 0.01: shorter waits make ExaBGP's idle loop a busy one."""
+    `kubernetes.enabled` (thousands of Service routes at start reach the router sooner), and 5
+    on a host that only announces VIPs (an idle ExaBGP then wakes every 50 ms instead of every
+    millisecond; ExaBGP takes 50 prefixes of a command per slice, so only a host with more VIPs
+    than that changing at once waits between slices: set 1 there). The measurements are in
+    docs/performance.md. At least 0.01: shorter waits make ExaBGP's idle loop a busy one."""
     executable: str = Field(default="exabgp", min_length=1)
     """ExaBGP command `bgpvip run` starts (looked up in PATH, then next to bgpvip).
     `bgpvip check-config` and `bgpvip run` check that it exists and is executable."""

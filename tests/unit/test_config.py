@@ -412,7 +412,7 @@ def test_effective_priority(priority: int | None, vip_priority: int | None, expe
 
 @pytest.mark.parametrize(
     ("speed", "service_ips", "expected"),
-    [(None, True, 0.1), (None, False, 1.0), (0.5, True, 0.5), (0.5, False, 0.5)],
+    [(None, True, 0.1), (None, False, 5.0), (0.5, True, 0.5), (0.5, False, 0.5)],
     ids=["unset-service-ips", "unset-vips-only", "set-service-ips", "set-vips-only"],
 )
 def test_reactor_speed_default_depends_on_service_ips(
