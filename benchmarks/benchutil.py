@@ -674,10 +674,10 @@ def load_line(report: Mapping[str, Any]) -> str:
     """The load line of every report: load average before and after, and what else ran."""
     others = report.get("machine_before", {}).get("others", {})
     listed = ", ".join(f"{n} {kind}" for kind, n in others.items()) or "none"
-    return (
-        f"load average before/after {report.get('loadavg_before', '?')} / {report.get('loadavg_after', '?')}; "
-        f"other BGP daemons or benchmarks running at the start: {listed}"
-    )
+    load = f"load average before {report.get('loadavg_before', '?')}"
+    if "loadavg_after" in report:  # not in a run that ended before it was read
+        load = f"load average before/after {report.get('loadavg_before', '?')} / {report['loadavg_after']}"
+    return f"{load}; other BGP daemons or benchmarks running at the start: {listed}"
 
 
 def save_json(report: Mapping[str, Any], results_dir: Path, name: str, started: datetime.datetime) -> Path:

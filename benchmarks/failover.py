@@ -971,9 +971,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     results = report["results"]
     md = [
         BEGIN,
-        f"### Results of {report['date']}",
-        "",
-        f"Command: `{report['command']}` (wall time {report['wall_seconds'] / 60:.1f} min; "
+        f"As measured on {report['date']}: `{report['command']}` (wall time {report['wall_seconds'] / 60:.1f} min; "
         f"{bu.load_line(report)}). Health endpoint: "
         f"{report['health_server']}. Fast profile: "
         + ", ".join(f"`{k}: {v}`" for k, v in report["fast_profile"].items())

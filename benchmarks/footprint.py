@@ -55,14 +55,14 @@ TARGET_CPU = 1.5
 TARGET_RSS_MB = 100.0
 """The whole stack's resident memory (the brief)."""
 
-# The speaker's imports in the order the speaker makes them, grouped by what brings the memory.
+# A VIP-only speaker's imports in the order it makes them, grouped by what brings the memory
+# (the Kubernetes adapter is loaded only where Service IPs are announced).
 IMPORT_STEPS: list[tuple[str, list[str]]] = [
     ("asyncio (and the ssl it loads)", ["asyncio", "ssl"]),
     ("pydantic + the config model", ["pydantic", "bgpvip.core.config"]),
     ("YAML + config file reading", ["yaml", "bgpvip.configfile"]),
     ("prometheus_client + status endpoint", ["prometheus_client", "bgpvip.status"]),
     ("probes", ["bgpvip.adapters.probes"]),
-    ("Kubernetes adapter (msgspec, h11)", ["bgpvip.adapters.kube"]),
     ("the rest of the speaker", ["bgpvip.daemon", "bgpvip.speaker"]),
 ]
 

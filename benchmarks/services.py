@@ -1204,7 +1204,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     n = report["services"]
     out = [BEGIN, ""]
     out.append(
-        f"Run of {report['date']}: `{report['command']}` ({report['rounds_count']} rounds, {n:,} Services, "
+        f"As measured on {report['date']}: `{report['command']}` ({report['rounds_count']} rounds, {n:,} Services, "
         f"pool {report['pool']}; {bu.load_line(report)})."
     )
     if report.get("api"):
