@@ -83,7 +83,7 @@ for label, modules in steps:
     for name in modules:
         importlib.import_module(name)
     rows.append([label, rss()])
-if variant == "plain":
+if variant == "a plain import":
     import pyroute2  # the package with its __init__, as a plain import loads it
 from bgpvip.adapters import netlink
 netlink.IPRoute  # what the speaker loads when a VIP has an interface
@@ -96,7 +96,7 @@ def speaker_imports() -> dict[str, list[list[Any]]]:
     """Resident memory after each group of the speaker's imports, in a fresh interpreter:
     pyroute2 loaded as bgpvip does today ("bgpvip's loader") and by a plain import."""
     out = {}
-    for variant in ("bgpvip's loader", "plain"):
+    for variant in ("bgpvip's loader", "a plain import"):
         argv = [sys.executable, "-c", IMPORTS_CODE, json.dumps(IMPORT_STEPS), variant]
         proc = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO, timeout=120)
         out[variant] = json.loads(proc.stdout)
@@ -228,7 +228,7 @@ def render_text(report: dict[str, Any]) -> str:
             for target, measured, verdict in verdicts(phase["total"]):
                 lines.append(f"  [{verdict}] {target}: {measured}")
     for variant, steps in report.get("speaker_imports", {}).items():
-        lines += ["", f"the speaker's imports in a fresh interpreter, pyroute2 by {variant}:"]
+        lines += ["", f"the speaker's imports in a fresh interpreter, pyroute2 loaded by {variant}:"]
         lines.append("  " + "".join(f"{h:>10}" if i else f"{h:<40}" for i, h in enumerate(IMPORT_HEADER)))
         for row in import_rows(steps):
             lines.append("  " + "".join(f"{c:>10}" if i else f"{c:<40}" for i, c in enumerate(row)))
@@ -265,7 +265,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 for target, measured, verdict in verdicts(phase["total"])
             ]
     for variant, steps in report.get("speaker_imports", {}).items():
-        md += ["", f"The speaker's imports in a fresh interpreter, pyroute2 by {variant}:", ""]
+        md += ["", f"The speaker's imports in a fresh interpreter, pyroute2 loaded by {variant}:", ""]
         md += _md_table(IMPORT_HEADER, import_rows(steps))
     md += ["", "Versions: " + "; ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()) + ".", END]
     return "\n".join(md)

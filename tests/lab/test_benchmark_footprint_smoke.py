@@ -74,7 +74,7 @@ def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> No
 
     # the speaker's imports: both ways of loading pyroute2, ending in more memory than they start with
     imports = report["speaker_imports"]
-    assert list(imports) == ["bgpvip's loader", "plain"]
+    assert list(imports) == ["bgpvip's loader", "a plain import"]
     for variant, steps in imports.items():
         assert steps[0][0] == "the interpreter" and steps[-1][0] == f"pyroute2 ({variant})"
         assert steps[-1][1]["VmRSS"] > steps[0][1]["VmRSS"], steps
