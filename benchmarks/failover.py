@@ -56,7 +56,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,6 +215,11 @@ class Ctx:
             self.watchers[node] = NetlinkWatch(self.lab.ns(node), routes=False, addresses=True)
         return self.watchers[node]
 
+    def close(self) -> None:
+        self.r1.close()
+        for w in self.watchers.values():
+            w.close()
+
     def health_file(self, node: str) -> Path:
         return bgpvip_lab.node_workdir(self.lab, node) / "unhealthy"
 
@@ -229,6 +234,27 @@ class Ctx:
             wait=wait,
             nodelay=self.args.server_nodelay,
         )
+
+
+@contextlib.contextmanager
+def running_lab(prefix: str, args: argparse.Namespace, report: dict[str, Any]) -> Iterator[Ctx]:
+    """The lab up with r1's route watcher, as the contenders need it (`args`: their options);
+    the versions go into `report`. Everything is taken down at the end, also on errors."""
+    lab = nslab.Lab(nslab.DEFAULT_TOPOLOGY, prefix)
+    ctx: Ctx | None = None
+    try:
+        log(f"lab {prefix} up ...")
+        lab.up()
+        report["versions"] = versions()
+        work = lab.state_dir / "bench"
+        work.mkdir(exist_ok=True)
+        ctx = Ctx(lab, NetlinkWatch(lab.ns(lab.router or "r1")), args, work)
+        yield ctx
+    finally:
+        if ctx is not None:
+            ctx.close()
+        lab.down()
+        log(f"lab {prefix} down")
 
 
 class Contender:
@@ -1160,16 +1186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "results": {},
         }
     )
-    lab = nslab.Lab(nslab.DEFAULT_TOPOLOGY, args.prefix)
     t_wall = time.monotonic()
-    ctx: Ctx | None = None
-    try:
-        log(f"lab {args.prefix} up ...")
-        lab.up()
-        report["versions"] = versions()
-        work = lab.state_dir / "bench"
-        work.mkdir(exist_ok=True)
-        ctx = Ctx(lab, NetlinkWatch(lab.ns(lab.router or "r1")), args, work)
+    with running_lab(args.prefix, args, report) as ctx:
+        lab = ctx.lab
         for spec in chosen:
             contender = spec.make(ctx)
             log(f"== {spec.name}: {contender.title}")
@@ -1193,13 +1212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log(f"{spec.name}: cleanup problem: {exc}")
             res["wall_seconds"] = round(time.monotonic() - t_c, 1)
             report["results"][spec.name] = res
-    finally:
-        if ctx is not None:
-            ctx.r1.close()
-            for w in ctx.watchers.values():
-                w.close()
-        lab.down()
-        log(f"lab {args.prefix} down")
     bu.finish_report(report, time.monotonic() - t_wall)
     print(render_text(report))
     out = bu.save_json(report, args.results_dir, "failover", started)

@@ -8,19 +8,13 @@ same figures, with verdicts that follow from them. About 40 s.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-import nslab
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "footprint.py"
+from tests.lab.benchrun import run_benchmark
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,20 +25,10 @@ pytestmark = [
 
 
 def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> None:
-    prefix = f"bvt{os.getpid() % 10000}f-"  # "bvt": the lab tests' reaper removes it if we die
-    docs = tmp_path / "performance.md"
-    docs.write_text("# Performance\n\nIntro.\n\n## Health failover\n\nSomeone else's section.\n")
-    argv = [sys.executable, str(SCRIPT), "--seconds", "2", "--settle", "0", "--prefix", prefix]
-    argv += ["--results-dir", str(tmp_path), "--write-docs", "--docs", str(docs)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=110, check=False)
-    finally:
-        nslab.Lab(nslab.DEFAULT_TOPOLOGY, prefix).down()  # a no-op unless the run died half-way
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-5000:]}"
-    out = proc.stdout
-
-    (result_file,) = tmp_path.glob("footprint-*.json")
-    report = json.loads(result_file.read_text())
+    args = ["--seconds", "2", "--settle", "0"]
+    out, report, text = run_benchmark(
+        "footprint.py", "f", args, tmp_path, other_section="## Health failover", timeout=110
+    )
     phases = report["phases"]
     assert list(phases) == ["bgpvip", "keepalived"]
     assert list(phases["bgpvip"]["roles"]) == ["bgpvip run", "exabgp", "speaker"]
@@ -79,9 +63,6 @@ def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> No
         assert steps[0][0] == "the interpreter" and steps[-1][0] == f"pyroute2 ({variant})"
         assert steps[-1][1]["VmRSS"] > steps[0][1]["VmRSS"], steps
 
-    text = docs.read_text()
-    assert text.startswith("# Performance\n\nIntro.")
-    assert "## Health failover\n\nSomeone else's section." in text
     assert "## Footprint of a VIP node" in text and text.count("<!-- BEGIN footprint-results") == 1
     assert report["date"] in text and f"`{report['command']}`" in text
     r = phases["bgpvip"]["roles"]["speaker"]
@@ -89,6 +70,3 @@ def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> No
         f"| speaker | {r['cpu_percent']:.2f} | {r['max_1s_percent']:.1f} | {r['rss']:.1f} | {r['pss']:.1f} |"
         in text
     )
-
-    leftovers = [n for n in nslab._netns_list() if n.startswith(prefix)]
-    assert not leftovers, f"namespaces left behind: {leftovers}"

@@ -9,38 +9,22 @@ docs block carry the same figures, with verdicts that follow from them. About 30
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import nslab
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "services.py"
+from tests.lab.benchrun import run_benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> None:
-    prefix = f"bvt{os.getpid() % 10000}s-"  # "bvt": the lab tests' reaper removes it if we die
-    docs = tmp_path / "performance.md"
-    docs.write_text("# Performance\n\nIntro.\n\n## Health failover\n\nSomeone else's section.\n")
-    argv = [sys.executable, str(SCRIPT), "--quick", "--services", "200", "--changes", "8"]
-    argv += ["--idle-seconds", "2", "--settle", "0.5", "--prefix", prefix, "--results-dir", str(tmp_path)]
-    argv += ["--write-docs", "--docs", str(docs), "--seed", "1"]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=100, check=False)
-    finally:
-        nslab.Lab(nslab.DEFAULT_TOPOLOGY, prefix).down()  # a no-op unless the run died half-way
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-5000:]}"
-    out = proc.stdout
-
-    (result_file,) = tmp_path.glob("services-*.json")
-    report = json.loads(result_file.read_text())
+    args = ["--quick", "--services", "200", "--changes", "8", "--idle-seconds", "2"]
+    args += ["--settle", "0.5", "--seed", "1"]
+    out, report, text = run_benchmark(
+        "services.py", "s", args, tmp_path, other_section="## Health failover", timeout=100
+    )
     assert report["services"] == 200
     assert report["api"].startswith("HTTPS with a bearer token, credentials from the in-cluster loader")
     assert report["versions"]["exabgp"].startswith("5.") and "exabgp: 5." in out
@@ -89,14 +73,8 @@ def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> No
     )
 
     # the docs block: once, in its own section, with this run's figures
-    text = docs.read_text()
-    assert text.startswith("# Performance\n\nIntro.")
-    assert "## Health failover\n\nSomeone else's section." in text
     assert "## 10,000 Service IPs" in text
     assert text.count("<!-- BEGIN services-results") == 1
     assert report["date"] in text and f"`{report['command']}`" in text
     assert f"| 1 | {raw:.3f} | {lister:.3f} | {bgpvip:.3f} | {bgpvip / raw:.2f} |" in text
     assert f"| speaker RSS <= 80 MB | {rss:.1f} MB |" in text
-
-    leftovers = [n for n in nslab._netns_list() if n.startswith(prefix)]
-    assert not leftovers, f"namespaces left behind: {leftovers}"

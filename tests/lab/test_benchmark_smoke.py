@@ -9,21 +9,16 @@ same figures, with verdicts that follow from them. About 45 s.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import nslab
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "failover.py"
+from tests.lab.benchrun import run_benchmark
+
 CONTENDERS = ["floor", "bgpvip-defaults", "bgpvip-kill", "slow-probes", "exabgp-fast", "keepalived"]
 FAILOVERS = [c for c in CONTENDERS if c != "slow-probes"]
 
@@ -52,21 +47,10 @@ def table_rows(out: str) -> dict[tuple[str, str], list[str]]:
 
 
 def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> None:
-    prefix = f"bvt{os.getpid() % 10000}b-"  # "bvt": the lab tests' reaper removes it if we die
-    docs = tmp_path / "performance.md"
-    docs.write_text("# Performance\n\nIntro.\n\n## 10,000 Service IPs\n\nSomeone else's section.\n")
-    argv = [sys.executable, str(SCRIPT), "--quick", "--runs", "2", "--slow-window", "3"]
-    argv += ["--only", ",".join(CONTENDERS), "--prefix", prefix, "--results-dir", str(tmp_path)]
-    argv += ["--write-docs", "--docs", str(docs), "--seed", "1"]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=110, check=False)
-    finally:
-        nslab.Lab(nslab.DEFAULT_TOPOLOGY, prefix).down()  # a no-op unless the run died half-way
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-5000:]}"
-    out = proc.stdout
-
-    (result_file,) = tmp_path.glob("failover-*.json")
-    report = json.loads(result_file.read_text())
+    args = ["--quick", "--runs", "2", "--slow-window", "3", "--only", ",".join(CONTENDERS), "--seed", "1"]
+    out, report, text = run_benchmark(
+        "failover.py", "b", args, tmp_path, other_section="## 10,000 Service IPs", timeout=110
+    )
     results: dict[str, Any] = report["results"]
     assert report["runs"] == 2 and list(results) == CONTENDERS
     for name in CONTENDERS:
@@ -112,15 +96,9 @@ def test_quick_run_prints_figures_and_writes_json_and_docs(tmp_path: Path) -> No
     assert f"[{verdict}] {target}: {slow['withdrawals']} withdrawals" in out
 
     # the docs block: written once, into its own section, with this run's figures
-    text = docs.read_text()
-    assert text.startswith("# Performance\n\nIntro.")
-    assert "## 10,000 Service IPs\n\nSomeone else's section." in text
     assert "## Health failover" in text
     assert text.count("<!-- BEGIN failover-results") == 1
     assert report["date"] in text and f"`{report['command']}`" in text
     defaults = results["bgpvip-defaults"]["samples"]["fail"]
     cells = " | ".join(expected_stats(defaults))
     assert f"| bgpvip-defaults | health failure → route gone at r1 | 2 | 0 | {cells} | 1.00x |" in text
-
-    leftovers = [n for n in nslab._netns_list() if n.startswith(prefix)]
-    assert not leftovers, f"namespaces left behind: {leftovers}"
