@@ -44,7 +44,8 @@ def main() -> None:
       bgpvip routes                                    what is announced from here, and why
       bgpvip drain / bgpvip undrain                    withdraw everything / announce again
 
-    Docs: docs/ in the source tree (configuration reference, guides for kubeadm, FRR and Yamaha RTX).
+    Docs: docs/ in the source tree (configuration reference, guides for kubeadm, FRR, BIRD 2,
+    GoBGP and Yamaha RTX).
     """
 
 
@@ -271,8 +272,10 @@ def render_routes_table(status: dict[str, Any]) -> str:
 def routes(config_path: Path, output: str, status_url: str | None) -> None:
     """Show every configured address: announced or not, the reason, attributes, peers, since when.
 
-    Reasons: healthy, checkFailing (with the last error), checkPending, drained, stopping,
-    and for Services notInPool, noLocalEndpoints, noReadyEndpoints, nodeNotReady, ...
+    Reasons: healthy, degraded (announced with lower preference: a check with
+    `on_failure: lower-preference` fails; the detail names it), checkFailing (with the last
+    error), checkPending, drained, stopping, and for Services notInPool, noLocalEndpoints,
+    noReadyEndpoints, nodeNotReady, ...
     A prefix whose step failed shows addressFailed, addressRemoveFailed, announceFailed or
     withdrawFailed instead, with the error and what was wanted; it is retried on its own.
     DETAIL also says when an address is kept while routers converge after a withdrawal, and

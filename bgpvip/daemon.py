@@ -24,17 +24,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from bgpvip import logs, memory
+from bgpvip.adapters import bgpconnect, netlink, probes
 from bgpvip.adapters import exabgp as exa
-from bgpvip.adapters import netlink, probes
-from bgpvip.configfile import file_stamp, load_file
+from bgpvip.configfile import file_stamp, load_file, read_password
 from bgpvip.core import services as svc
-from bgpvip.core.config import CheckKey, Config, ConfigError
+from bgpvip.core.config import CheckKey, Config, ConfigError, PeerConfig
 from bgpvip.core.desired import NodeState, check_keys
-from bgpvip.core.model import Applied, ProbeResult, Reason, Route
+from bgpvip.core.event_policy import SERVICE_REFUSALS, speaker_events
+from bgpvip.core.model import Applied, ProbeResult, Route
+from bgpvip.core.peers import PeerStatus, explain_connect, explain_unanswered
 from bgpvip.reconcile import (
     ConfigChanged,
     DrainChanged,
     PeerChanged,
+    PeerNegotiated,
+    PeerNotification,
+    PeerProbed,
+    PeersRead,
     ProbeDone,
     Reconciler,
     Resync,
@@ -56,6 +62,18 @@ log = logs.get("daemon")
 CRASH_PAUSE = 13.0
 DRAIN_POLL = 0.2
 CONFIG_POLL = 2.0
+# ExaBGP does not tell a refused connection from a closed one, and says nothing of one that
+# never completes. A session down this long gets the kernel's view of ExaBGP's own attempts
+# each second; a TCP connection test of the speaker's own runs right after one of ExaBGP's
+# attempts failed at the TCP level, at most once per gap.
+DIAGNOSE_AFTER = 2.0
+DIAGNOSE_GAP = 5.0
+DIAGNOSE_WAIT = 5.0
+CEASE_WAIT = 2.0
+
+
+TCP_FAILED = "closing connection"
+"""ExaBGP's `down` reason for a connection that failed or was closed at the TCP level."""
 
 
 class ExaBgpGone(Exception):
@@ -134,19 +152,10 @@ class KubeBridge:
     (fail static); an API outage leaves the state, and so the routes, as they are.
 
     Events on Services record announcements, withdrawals and refusals when a decision
-    changes, but not for the first table: a speaker start is not news about 10,000 Services
-    (it would be 10,000 API writes per node), so refusals are recorded then and the rest is
-    summarised in the log."""
+    changes, as the core's policy says (`bgpvip.core.event_policy`): for the first table only
+    the refusals, and the rest is summarised in the log."""
 
-    REFUSALS = frozenset(
-        {
-            Reason.NOT_IN_POOL,
-            Reason.POOL_NOT_ALLOWED,
-            Reason.EXTERNAL_IP_NOT_ALLOWED,
-            Reason.INVALID_ADDRESS,
-            Reason.FAMILY_NOT_PEERED,
-        }
-    )
+    REFUSALS = SERVICE_REFUSALS
 
     def __init__(self, rec: Reconciler, node: str) -> None:
         self._rec = rec
@@ -295,40 +304,15 @@ class KubeBridge:
         if self._recorder is None:
             return
         for source in sources:
-            # keyed and shown as the Service wrote each address: two invalid entries are two
-            # refusals (their `address` is the same placeholder), and `::ffff:203.0.113.13` is
-            # shown as written
-            now = {d.written or str(d.address): d for d in table.by_source.get(source, ())}
-            before = (
-                {} if first else {d.written or str(d.address): d for d in previous.by_source.get(source, ())}  # type: ignore[union-attr]
-            )
             _, _, rest = source.partition("/")
             namespace, _, name = rest.partition("/")
             view = state.services.get((namespace, name))
             if view is None:
                 continue
             ref = kube.ObjectRef.service(view)
-            for address, d in now.items():
-                old = before.get(address)
-                if old is not None and (old.announce, old.reason) == (d.announce, d.reason):
-                    continue
-                shown = repr(address)[:64] if d.reason is Reason.INVALID_ADDRESS else address
-                if d.announce:
-                    if not first:
-                        self._recorder.record(
-                            ref, "Normal", "Announced", f"{shown} announced from node {self._node}"
-                        )
-                elif d.reason in self.REFUSALS:
-                    self._recorder.record(
-                        ref, "Warning", "Refused", f"{shown} not announced: {d.reason}: {d.detail}"
-                    )
-                elif old is not None and old.announce:
-                    self._recorder.record(
-                        ref,
-                        "Normal",
-                        "Withdrawn",
-                        f"{shown} withdrawn from node {self._node}: {d.reason}: {d.detail}",
-                    )
+            before = None if previous is None else previous.by_source.get(source, ())
+            for e in speaker_events(before, table.by_source.get(source, ()), node=self._node):
+                self._recorder.record(ref, e.type, e.reason, e.message)
 
 
 class RoutesViaExaBgp:
@@ -357,6 +341,8 @@ class Speaker:
         self.stdout = stdout
         self.board: StatusBoard | None = None
         self.bridge: KubeBridge | None = None
+        self._next_test: dict[str, float] = {}
+        self._tests: set[asyncio.Task[None]] = set()
         self.addresses: netlink.AddressManager | None = None
 
     async def run(self) -> int:
@@ -431,6 +417,10 @@ class Speaker:
         except Exception as e:
             log.warning(logs.kv("adj-rib-out-failed", error=e))
             existing = set()
+        # ExaBGP knew the sessions before this speaker started (a respawn): ask it
+        neighbors = await self._until_gone(session, read_neighbors(session))
+        if neighbors is not None:
+            session.neighbors = exa.neighbors_by_family(neighbors)
         addresses = netlink.AddressManager(state_dir=config.runtime_dir)
         try:
             owned = addresses.owned()
@@ -460,6 +450,8 @@ class Speaker:
             # freed; give them back so resident memory follows the live data (bgpvip/memory.py)
             on_idle=memory.release_if_worth_it,
         )
+        if neighbors is not None:
+            rec.post(peers_read(neighbors))
         if stopping:
             # `bgpvip run` is stopping ExaBGP and a respawned helper must not announce again.
             rec.post(StopRequested("stop marker present"))
@@ -488,7 +480,8 @@ class Speaker:
         background = [
             asyncio.create_task(self._pump_exabgp(session, rec), name="exabgp events"),
             asyncio.create_task(self._watch_drain(rec), name="drain"),
-            asyncio.create_task(self._resync_timer(rec), name="resync"),
+            asyncio.create_task(self._resync_timer(rec, session), name="resync"),
+            asyncio.create_task(self._diagnose_peers(rec), name="diagnose"),
             asyncio.create_task(self._watch_config(rec, probe_mgr, board, reload_now), name="config"),
         ]
         bridge: KubeBridge | None = None
@@ -512,13 +505,15 @@ class Speaker:
                 if exc is not None:
                     raise exc
             if main in done:
+                if (runtime / STOP_MARKER).exists():
+                    await self._cease(session, rec)
                 log.info(logs.kv("exit", code=0))
                 return 0
             raise RuntimeError(f"task ended unexpectedly: {[t.get_name() for t in done]}")
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            for t in [main, *background]:
+            for t in [main, *background, *self._tests]:
                 t.cancel()
             await probe_mgr.close()
             for t in [main, *background]:
@@ -540,10 +535,18 @@ class Speaker:
                 if parent in done:
                     raise ExaBgpGone("parent process changed")
                 ev = get.result()
-                if isinstance(ev, exa.NeighborEvent) and rec is not None:
-                    rec.post(PeerChanged(ev.peer, ev.state, ev.reason))
-                elif isinstance(ev, exa.Shutdown | exa.Eof):
+                if isinstance(ev, exa.Shutdown | exa.Eof):
                     raise ExaBgpGone(type(ev).__name__.lower())
+                if rec is None:
+                    continue
+                if isinstance(ev, exa.NeighborEvent):
+                    rec.post(PeerChanged(ev.peer, ev.state, ev.reason))
+                    if ev.state == "down" and ev.reason == TCP_FAILED:
+                        self._test_connection(rec, ev.peer)
+                elif isinstance(ev, exa.Negotiated):
+                    rec.post(PeerNegotiated(ev.peer, ev.families))
+                elif isinstance(ev, exa.Notification):
+                    rec.post(PeerNotification(ev.peer, ev.direction, ev.code, ev.subcode, ev.text))
         finally:
             parent.cancel()
             if get is not None:
@@ -558,10 +561,87 @@ class Speaker:
                 drained = now
                 rec.post(DrainChanged(now))
 
-    async def _resync_timer(self, rec: Reconciler) -> None:
+    async def _resync_timer(self, rec: Reconciler, session: exa.ExaBgpSession) -> None:
         while True:
             await asyncio.sleep(rec.world.config.resync_interval)
+            neighbors = await read_neighbors(session)
+            if neighbors is not None:
+                if session.neighbors is None:
+                    session.neighbors = exa.neighbors_by_family(neighbors)
+                rec.post(peers_read(neighbors))
             rec.post(Resync())
+
+    async def _diagnose_peers(self, rec: Reconciler) -> None:
+        """Every second, for each session down longer than DIAGNOSE_AFTER, what the kernel says
+        of ExaBGP's own attempts: no route to the router, or a SYN nobody answers (no traffic
+        of its own: a BGP daemon that accepts a connection counts its closing as a failure)."""
+        md5_base: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for peer in rec.world.config.bgp.peers:
+                key = str(peer.address)
+                st = rec.world.peers.get(key, PeerStatus())
+                if st.state != "down":
+                    md5_base.pop(key, None)
+                    continue
+                base = md5_base.setdefault(key, bgpconnect.md5_drops())
+                if now - st.since < DIAGNOSE_AFTER:
+                    continue
+                diagnosis = self._kernel_view(peer, bgpconnect.md5_drops() - base)
+                if diagnosis is not None:
+                    rec.post(PeerProbed(key, diagnosis))
+
+    @staticmethod
+    def _kernel_view(peer: PeerConfig, md5_drops: int) -> str | None:
+        try:
+            if netlink.local_address_for(peer.address) is None:
+                return f"no route to the router: this host's kernel has none to {peer.address}"
+        except Exception as e:
+            log.debug(logs.kv("route-lookup-failed", peer=peer.label, error=e))
+        retransmits = bgpconnect.unanswered_syn(peer.address, peer.port)
+        if retransmits is None or retransmits < 1:
+            return None
+        md5 = peer.password_file is not None
+        return explain_unanswered(retransmits, port=peer.port, md5=md5, md5_drops=md5_drops)
+
+    def _test_connection(self, rec: Reconciler, address: str) -> None:
+        """One of ExaBGP's attempts just failed at the TCP level: test the connection now (the
+        router's daemon is not accepting it this instant), at most once per DIAGNOSE_GAP."""
+        now = time.monotonic()
+        peer = next((p for p in rec.world.config.bgp.peers if str(p.address) == address), None)
+        if peer is None or now < self._next_test.get(address, 0.0):
+            return
+        self._next_test[address] = now + DIAGNOSE_GAP
+        task = asyncio.create_task(self._diagnose(rec, peer), name=f"connection test {address}")
+        self._tests.add(task)
+        task.add_done_callback(self._tests.discard)
+
+    async def _diagnose(self, rec: Reconciler, peer: PeerConfig) -> None:
+        try:
+            password = read_password(peer.password_file) if peer.password_file else None
+            local = peer.local_address or netlink.local_address_for(peer.address)
+        except Exception as e:
+            rec.post(PeerProbed(str(peer.address), f"cannot test the connection: {e}"))
+            return
+        result = await bgpconnect.connect_test(
+            peer.address, peer.port, local=local, password=password, wait=DIAGNOSE_WAIT
+        )
+        rec.post(
+            PeerProbed(str(peer.address), explain_connect(result, port=peer.port, md5=password is not None))
+        )
+
+    async def _cease(self, session: exa.ExaBgpSession, rec: Reconciler) -> None:
+        """`bgpvip run` is stopping ExaBGP: close the sessions with Cease (Administrative
+        Shutdown), not by dropping TCP, so routers take the next session from this host at
+        once (GoBGP holds a peer idle for seconds after a silent close)."""
+        established = sorted(peer for peer, st in rec.world.peers.items() if st.up)
+        try:
+            ok = await session.cease_and_shutdown(established, wait=CEASE_WAIT)
+        except exa.ExaBgpError as e:
+            log.warning(logs.kv("cease-failed", error=e))
+            return
+        log.info(logs.kv("cease", peers=",".join(established) or None, notified=ok))
 
     async def _watch_config(
         self, rec: Reconciler, probe_mgr: ProbeManager, board: StatusBoard, reload_now: asyncio.Event
@@ -606,6 +686,21 @@ class Speaker:
             probe_mgr.update(config)
             if self.bridge is not None:
                 self.bridge.config_changed()
+
+
+async def read_neighbors(session: exa.ExaBgpSession) -> tuple[exa.NeighborStatus, ...] | None:
+    """ExaBGP's `show neighbor`, or None (logged) when it cannot be had."""
+    try:
+        return await session.neighbor_status()
+    except exa.ExaBgpClosed:
+        return None
+    except Exception as e:
+        log.warning(logs.kv("show-neighbor-failed", error=e))
+        return None
+
+
+def peers_read(neighbors: tuple[exa.NeighborStatus, ...]) -> PeersRead:
+    return PeersRead(tuple((n.peer, n.established, n.negotiated) for n in neighbors))
 
 
 def speaker_main(config_path: str | os.PathLike[str]) -> NoReturn:

@@ -18,9 +18,17 @@ from typing import Protocol
 
 from bgpvip import logs
 from bgpvip.core import health as healthmod
+from bgpvip.core import peers as peermod
 from bgpvip.core import plan
 from bgpvip.core.config import CheckKey, Config, host_prefix
-from bgpvip.core.desired import HELD_SOURCE, NodeState, check_keys, compute, held_service_routes
+from bgpvip.core.desired import (
+    HELD_SOURCE,
+    NodeState,
+    announced_as_penalised,
+    check_keys,
+    compute,
+    held_service_routes,
+)
 from bgpvip.core.model import (
     Action,
     AddAddress,
@@ -35,6 +43,7 @@ from bgpvip.core.model import (
     UnitFailure,
     Withdraw,
 )
+from bgpvip.core.peers import PeerStatus
 from bgpvip.core.services import ServiceDecisions
 
 log = logs.get("reconcile")
@@ -70,6 +79,36 @@ class PeerChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerNegotiated:
+    peer: str
+    families: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerNotification:
+    peer: str
+    direction: str
+    code: int
+    subcode: int
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeersRead:
+    """What ExaBGP's `show neighbor` said: (peer, established, negotiated families or None)."""
+
+    peers: tuple[tuple[str, bool, frozenset[str] | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProbed:
+    """The speaker's own TCP connection test of a peer whose session is down, in words."""
+
+    peer: str
+    diagnosis: str
+
+
+@dataclass(frozen=True, slots=True)
 class DrainChanged:
     drained: bool
 
@@ -102,17 +141,11 @@ class StopRequested:
     reason: str = "SIGTERM"
 
 
-Event = ProbeDone | PeerChanged | DrainChanged | ConfigChanged | ServicesChanged | Resync | StopRequested
+PeerEvent = PeerChanged | PeerNegotiated | PeerNotification | PeersRead | PeerProbed
+Event = ProbeDone | PeerEvent | DrainChanged | ConfigChanged | ServicesChanged | Resync | StopRequested
 
 
 # ------------------------------------------------------------------ world
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    state: str = "unknown"
-    since: float = 0.0
-    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +161,16 @@ class World:
 
 
 def seed_health(config: Config, announced: Iterable[Route], now: float) -> dict[CheckKey, healthmod.Health]:
-    """Initial health: checks of a VIP whose route ExaBGP already carries start UP."""
-    prefixes = {r.prefix for r in announced}
+    """Initial health: checks of a VIP whose route ExaBGP already carries start UP, except the
+    `lower-preference` checks of a route carried with a penalty: they start over, so that the
+    route stays penalised until they pass instead of claiming full preference for a moment."""
+    routes = {r.prefix: r for r in announced}
     seeded: dict[CheckKey, healthmod.Health] = {}
     for vip in config.vips:
-        up = host_prefix(vip) in prefixes
-        for key in check_keys(vip):
+        route = routes.get(host_prefix(vip))
+        penalised = route is not None and announced_as_penalised(config, vip, route)
+        for key, check in zip(check_keys(vip), vip.checks, strict=True):
+            up = route is not None and not (penalised and check.on_failure != "withdraw")
             seeded[key] = healthmod.initial(assume_up=up, now=now)
     return seeded
 
@@ -289,12 +326,10 @@ class Reconciler:
                 # a down check whose server now refuses (or answers again) changes whether its
                 # address is kept after the withdrawal (`desired.server_gone`).
                 return healthmod.described(new) != healthmod.described(old) or _gone(new) != _gone(old)
-            case PeerChanged(peer, state, reason):
-                peers = dict(w.peers)
-                peers[peer] = PeerStatus(state=state, since=self._clock(), reason=reason)
-                log.info(logs.kv("peer", peer=peer, state=state, reason=reason or None))
-                self.world = replace(w, peers=peers)
-                return state == "up"  # a fresh session gets everything re-asserted
+            case PeerChanged() | PeerNegotiated() | PeerNotification() | PeersRead() | PeerProbed():
+                # a change of sessions changes no route, but the reasons and `announced` do
+                self.world = replace(w, peers=fold_peer_event(w.peers, event, self._clock()))
+                return True
             case DrainChanged(drained):
                 log.info(logs.kv("drain", drained=drained))
                 self.world = replace(w, node=replace(w.node, drained=drained))
@@ -402,7 +437,7 @@ class Reconciler:
                 held = services.by_source.get(HELD_SOURCE)
                 early = w.early.by_source if held is None else w.early.by_source.set(HELD_SOURCE, held)
                 services = ServiceDecisions(early, w.early.routes | services.routes)
-        desired = compute(w.config, w.health, w.node, services)
+        desired = compute(w.config, w.health, w.node, services, w.peers)
         if self._canonical is not None:
             desired = replace(desired, routes=self._canonical_routes(desired.routes))
         self.desired = desired
@@ -659,6 +694,34 @@ class Reconciler:
             log.info(
                 logs.kv("stopped", routes=len(self.applied.routes), addresses=len(self.applied.addresses))
             )
+
+
+def fold_peer_event(peers: dict[str, PeerStatus], event: PeerEvent, now: float) -> dict[str, PeerStatus]:
+    """`peers` with one session event folded in (core/peers.py), logged when it says something."""
+    out = dict(peers)
+    match event:
+        case PeerChanged(peer, state, reason):
+            old = peers.get(peer, PeerStatus())
+            new = peermod.on_state(old, state, reason, now)
+            if (new.state, new.reason) != (old.state, old.reason):
+                log.info(logs.kv("peer", peer=peer, state=new.state, reason=new.reason or None))
+            out[peer] = new
+        case PeerNegotiated(peer, families):
+            out[peer] = peermod.on_negotiated(peers.get(peer, PeerStatus()), families)
+            log.info(logs.kv("peer-negotiated", peer=peer, families=",".join(sorted(families)) or "none"))
+        case PeerNotification(peer, direction, code, subcode, text):
+            new = peermod.on_notification(peers.get(peer, PeerStatus()), direction, code, subcode, text)
+            log.info(logs.kv("peer-notification", peer=peer, notification=new.notification))
+            out[peer] = new
+        case PeersRead(read):
+            for peer, established, negotiated in read:
+                out[peer] = peermod.on_read(peers.get(peer, PeerStatus()), established, negotiated, now)
+        case PeerProbed(peer, diagnosis):
+            old = peers.get(peer, PeerStatus())
+            out[peer] = peermod.on_probe(old, diagnosis)
+            if diagnosis != old.diagnosis and not old.up:
+                log.info(logs.kv("peer-diagnosis", peer=peer, diagnosis=diagnosis))
+    return out
 
 
 FOREIGN = "foreign"

@@ -23,6 +23,7 @@ from bgpvip.core import health as healthmod
 from bgpvip.core.config import CheckKey
 from bgpvip.core.desired import check_keys
 from bgpvip.core.model import (
+    NOT_DELIVERED,
     Action,
     Applied,
     Decision,
@@ -30,10 +31,12 @@ from bgpvip.core.model import (
     IPAddress,
     IPInterface,
     ProbeResult,
+    Reason,
     Route,
     UnitFailure,
     overridden,
 )
+from bgpvip.core.peers import PeerStatus, carries, session_problem
 from bgpvip.core.services import ServiceDecisions
 from bgpvip.reconcile import World
 
@@ -92,6 +95,12 @@ class StatusBoard:
         self.m_vip_announced = Gauge(
             "bgpvip_vip_announced", "1 while the VIP's route is announced", ["vip", "address"], registry=r
         )
+        self.m_vip_degraded = Gauge(
+            "bgpvip_vip_degraded",
+            "1 while the VIP's route is announced with lower preference (a lower-preference check fails)",
+            ["vip", "address"],
+            registry=r,
+        )
         self.m_check_up = Gauge(
             "bgpvip_check_up", "1 while the check counts as up", ["vip", "check"], registry=r
         )
@@ -109,7 +118,19 @@ class StatusBoard:
             registry=r,
         )
         self.m_peer_up = Gauge(
-            "bgpvip_peer_up", "1 while the BGP session is established", ["peer"], registry=r
+            "bgpvip_peer_up",
+            "1 while the BGP session is established and carries every family configured for it",
+            ["peer"],
+            registry=r,
+        )
+        self.m_peer_established = Gauge(
+            "bgpvip_peer_established", "1 while the BGP session is established", ["peer"], registry=r
+        )
+        self.m_peer_family = Gauge(
+            "bgpvip_peer_family_up",
+            "1 while the established session carries the family (negotiated in the OPENs)",
+            ["peer", "family"],
+            registry=r,
         )
         self.m_reconciles = Counter("bgpvip_reconciles", "Reconcile passes", registry=r)
         self.m_reconcile_seconds = Histogram(
@@ -178,11 +199,12 @@ class StatusBoard:
             isinstance(new_t, ServiceDecisions)
             and isinstance(old_t, ServiceDecisions)
             and desired.override == previous.override
+            and desired.undelivered == previous.undelivered
         ):
             changed = new_t.by_source.changed_keys(old_t.by_source)
-            override = desired.override
+            override, undelivered = desired.override, desired.undelivered
             self._track(
-                {s: overridden(new_t.by_source.get(s, ()), override) for s in changed},
+                {s: overridden(new_t.by_source.get(s, ()), override, undelivered) for s in changed},
                 {s: () for s in changed},
                 now,
             )
@@ -196,12 +218,27 @@ class StatusBoard:
             {r.key for r in desired.routes & applied.routes if r.key in vip_keys} if vip_keys else set()
         )
         for d in desired.own:
-            is_announced = d.announce and d.route is not None and d.route.key in announced
-            self.m_vip_announced.labels(d.source.split("/", 1)[1], str(d.address)).set(
-                1 if is_announced else 0
+            is_announced = (
+                d.announce
+                and d.route is not None
+                and d.route.key in announced
+                and d.reason not in NOT_DELIVERED
             )
-        for peer, st in world.peers.items():
-            self.m_peer_up.labels(peer).set(1 if st.state == "up" else 0)
+            labels = (d.source.split("/", 1)[1], str(d.address))
+            self.m_vip_announced.labels(*labels).set(1 if is_announced else 0)
+            self.m_vip_degraded.labels(*labels).set(1 if is_announced and d.reason == Reason.DEGRADED else 0)
+        self._peer_metrics(world)
+
+    def _peer_metrics(self, world: World) -> None:
+        """For every configured peer, known or not (a restarted speaker asks ExaBGP first)."""
+        for peer in world.config.bgp.peers:
+            address = str(peer.address)
+            st = world.peers.get(address, PeerStatus())
+            self.m_peer_up.labels(address).set(1 if carries(peer, st) else 0)
+            self.m_peer_established.labels(address).set(1 if st.up else 0)
+            for family in peer.families:
+                ok = st.up and (st.families is None or family in st.families)
+                self.m_peer_family.labels(address, family).set(1 if ok else 0)
 
     def _track(
         self,
@@ -242,7 +279,12 @@ class StatusBoard:
         kinds: dict[str, int] = {"vip": 0, "service": 0}
         for d in self.desired.decisions:
             kind = d.source.split("/", 1)[0] or "other"
-            is_announced = d.announce and d.route is not None and d.route.prefix in announced_prefixes
+            is_announced = (
+                d.announce
+                and d.route is not None
+                and d.route.prefix in announced_prefixes
+                and d.reason not in NOT_DELIVERED
+            )
             key = (kind, d.reason.value, "true" if is_announced else "false")
             counts[key] = counts.get(key, 0) + 1
             if is_announced:
@@ -303,7 +345,12 @@ class StatusBoard:
                         "families": list(p.families),
                         "state": st.state if st else "unknown",
                         "since_seconds": round(time.monotonic() - st.since, 1) if st else None,
-                        "reason": st.reason if st else "",
+                        "families_negotiated": sorted(st.families)
+                        if st and st.families is not None
+                        else None,
+                        "carries_every_family": carries(p, st) if st else False,
+                        "reason": session_problem(p, st) if st else "",
+                        "last_notification": st.notification if st else "",
                     }
                 )
             for vip in w.config.vips:
@@ -314,6 +361,7 @@ class StatusBoard:
                             "vip": vip.label,
                             "index": key.index,
                             "type": check.type,
+                            "on_failure": check.on_failure,
                             "state": h.state.value,
                             "up": h.up,
                             "last": h.last.detail if h.last else None,
@@ -338,7 +386,12 @@ class StatusBoard:
         }
 
     def _decision_json(self, d: Decision, announced_prefixes: set[Any]) -> dict[str, Any]:
-        is_announced = d.route is not None and d.route.prefix in announced_prefixes and d.announce
+        is_announced = (
+            d.route is not None
+            and d.route.prefix in announced_prefixes
+            and d.announce
+            and d.reason not in NOT_DELIVERED
+        )
         since = self._since.get(d.source, {}).get(d.address)
         key = (d.address.version, int(d.address))
         failure = self.failures.get(key)

@@ -41,24 +41,39 @@ def write_node_config(lab: Lab, node: str, config: dict[str, Any]) -> Path:
     return path
 
 
-def node_config(lab: Lab, node: str, vips: Sequence[dict[str, Any]], **over: Any) -> dict[str, Any]:
-    """A bgpvip config for `node` peering with the lab router over IPv4."""
+def node_config(
+    lab: Lab,
+    node: str,
+    vips: Sequence[dict[str, Any]],
+    *,
+    families: Sequence[str] = ("ipv4",),
+    peer: dict[str, Any] | None = None,
+    **over: Any,
+) -> dict[str, Any]:
+    """A bgpvip config for `node` peering with the lab router: one session per family in
+    `families` (`ipv4` over IPv4, `ipv6` over IPv6, named `r1` and `r1v6`), each with the
+    settings in `peer` added."""
     work = node_workdir(lab, node)
     topo = lab.topology
     peer_node = lab.peer_node(node)
+    peers = [
+        {
+            "name": peer_node if family == "ipv4" else f"{peer_node}v6",
+            "address": lab.peer_ip(node, 4 if family == "ipv4" else 6),
+            "peer_as": topo.nodes[peer_node].asn or 65000,
+            "local_address": lab.node_ip(node, 4 if family == "ipv4" else 6),
+            "hold_time": 3,
+            "families": [family],
+            **(peer or {}),
+        }
+        for family in families
+    ]
     config: dict[str, Any] = {
         "node_name": node,
         "bgp": {
             "local_as": topo.nodes[node].asn or 65100,
-            "peers": [
-                {
-                    "name": peer_node,
-                    "address": lab.peer_ip(node, 4),
-                    "peer_as": topo.nodes[peer_node].asn or 65000,
-                    "local_address": lab.node_ip(node, 4),
-                    "hold_time": 3,
-                }
-            ],
+            "router_id": lab.node_ip(node, 4),
+            "peers": peers,
         },
         "vips": list(vips),
         "runtime_dir": str(work / "run"),

@@ -5,7 +5,8 @@ Where Docker is missing (CI, the development machines) this runner reads the sam
 topology file containerlab deploys and builds the same lab: one namespace per node
 (``{prefix}{node}``), one veth pair per link named after its endpoints, the nodes'
 ``exec`` lines run inside their namespaces, and FRR (zebra, bgpd, optionally bfdd) on the
-router node with the router's bound ``frr.conf``.
+router node with the router's bound ``frr.conf`` (or BIRD 2 or GoBGP with the configuration
+its ``bgpvip.bird-conf`` / ``bgpvip.gobgp-conf`` label names: ``Lab(router_software=...)``).
 
 It is a test tool, on the I/O side of everything: it shells out to ``ip``, ``vtysh`` and
 the FRR daemons, and talks rtnetlink to the router's namespace for fast route polling.
@@ -32,6 +33,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -69,6 +71,12 @@ PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,10}-$")
 FRR_USER = "frr"
 FRR_DAEMONS_ALWAYS = ("zebra", "bgpd")
 FRR_DAEMONS_OPTIONAL = ("bfdd",)
+BIRD_BIN = Path(os.environ.get("BGPVIP_LAB_BIRD_BIN", "/usr/sbin"))
+GOBGP_BIN = Path(os.environ.get("BGPVIP_LAB_GOBGP_BIN", "/usr/bin"))
+
+ROUTER_SOFTWARE = ("frr", "bird", "gobgp")
+"""What the router node runs (a per-lab choice): the topology's FRR, or BIRD 2 or GoBGP with
+the configuration its `bgpvip.bird-conf` / `bgpvip.gobgp-conf` label names."""
 
 
 class LabError(RuntimeError):
@@ -271,6 +279,7 @@ _RTPROT = {
     3: "boot",
     4: "static",
     11: "zebra",
+    12: "bird",
     186: "bgp",
     187: "isis",
     188: "ospf",
@@ -537,7 +546,13 @@ class Lab:
         *,
         bfd: bool | None = None,
         state_root: str | os.PathLike[str] = STATE_ROOT,
+        router_software: str | None = None,
+        router_config: str | None = None,
     ) -> None:
+        """``router_software``: ``frr`` (default, or ``$BGPVIP_LAB_ROUTER``), ``bird`` or
+        ``gobgp`` on the router node; a Lab attaching to a running lab takes what it runs.
+        ``router_config``: that software's configuration text, instead of the topology's file
+        (a test's own variant, e.g. BIRD with ``protocol bfd``)."""
         if not PREFIX_RE.match(prefix):
             raise LabError(
                 f"lab prefix {prefix!r} must match {PREFIX_RE.pattern} "
@@ -556,7 +571,14 @@ class Lab:
         self._lock = threading.RLock()
         routers = self.topology.routers
         self.router = routers[0] if routers else None
+        self.router_software = router_software or os.environ.get("BGPVIP_LAB_ROUTER", "frr")
+        self.router_config = router_config
         self._load_state()
+        if self.router_software not in ROUTER_SOFTWARE:
+            raise LabError(
+                f"router software {self.router_software!r}: use one of {', '.join(ROUTER_SOFTWARE)}"
+            )
+        self._routing: dict[str, RouterSoftware] = {}
 
     # ----- naming
 
@@ -627,6 +649,7 @@ class Lab:
         except (OSError, ValueError):
             return
         self._logs.update(state.get("logs", {}))
+        self.router_software = state.get("router_software", self.router_software)
         for rec in state.get("pids", []):
             self._procs.append(
                 _Proc(rec["pid"], rec.get("start"), rec.get("node", ""), rec.get("name", ""), rec.get("log"))
@@ -681,6 +704,7 @@ class Lab:
                     owner_pid=os.getpid(),
                     namespaces=[self.ns(n) for n in self.nodes],
                     started=time.time(),
+                    router_software=self.router_software,
                 )
             for node in self.nodes:
                 _run(["ip", "netns", "add", self.ns(node)])
@@ -710,7 +734,7 @@ class Lab:
                 for line in self.topology.nodes[node].exec:
                     self._exec_line(node, line)
             for router in self.topology.routers:
-                self._start_frr(router, deadline=t0 + timeout)
+                self.routing(router).start(deadline=t0 + timeout)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 exc.add_note(f"--- lab {self.prefix} logs at failure ---\n{self.logs()}")
@@ -728,6 +752,16 @@ class Lab:
             _run(cmd)
         except LabCommandError as exc:
             raise LabError(f"exec line of node {node!r} failed: {line!r}\n{exc}") from None
+
+    def routing(self, router: str | None = None) -> RouterSoftware:
+        """The BGP software on ``router`` (default: the router): start, stop, its own view."""
+        router = router or self._router()
+        with self._lock:
+            found = self._routing.get(router)
+            if found is None:
+                kind = {"frr": FrrRouter, "bird": BirdRouter, "gobgp": GobgpRouter}[self.router_software]
+                found = self._routing[router] = kind(self, router)
+            return found
 
     def _frr_daemons(self, router: str) -> dict[str, list[str]]:
         """Daemons to run on ``router`` with extra options from its bound daemons file."""
@@ -751,8 +785,9 @@ class Lab:
             wanted.append("bfdd")
         return {d: _strip_vty_addr(options.get(d, [])) for d in wanted}
 
-    def _start_frr(self, router: str, deadline: float) -> None:
-        """Start the router's daemons empty, then apply frr.conf through vtysh (integrated config).
+    def _start_frr(self, router: str, deadline: float, only: Sequence[str] | None = None) -> None:
+        """Start the router's daemons empty (``only`` these, on a restart), then apply frr.conf
+        through vtysh (integrated config).
 
         Through vtysh each line reaches the daemon that owns it, and a bad line fails
         ``up()`` with FRR's message instead of being logged and skipped by every daemon.
@@ -762,7 +797,10 @@ class Lab:
         if source is None or not source.exists():
             raise LabError(f"router {router!r} has no bind for /etc/frr/frr.conf (or the file is missing)")
         conf = self.frr_dir / f"{router}-frr.conf"
-        shutil.copyfile(source, conf)
+        if self.router_config is not None:
+            conf.write_text(self.router_config)
+        else:
+            shutil.copyfile(source, conf)
         conf.chmod(0o644)  # the daemons run as user frr
         empty = self.frr_dir / "empty.conf"
         empty.touch()
@@ -774,7 +812,9 @@ class Lab:
         rundir = FRR_RUN / pathspace
         rundir.mkdir(parents=True, exist_ok=True)
         shutil.chown(rundir, FRR_USER, FRR_USER)
-        daemons = self._frr_daemons(router)
+        daemons = {d: o for d, o in self._frr_daemons(router).items() if only is None or d in only}
+        for daemon in daemons:
+            (rundir / f"{daemon}.vty").unlink(missing_ok=True)  # a killed daemon's leaves it behind
         for daemon, extra in daemons.items():
             pidfile = self.frr_dir / f"{router}-{daemon}.pid"
             log = self.frr_dir / f"{router}-{daemon}.log"
@@ -819,7 +859,7 @@ class Lab:
         proc = _run(argv, check=False)
         if proc.returncode != 0:
             raise LabError(
-                f"{router}: FRR rejected {source} (vtysh exited {proc.returncode}):\n"
+                f"{router}: FRR rejected {conf} (vtysh exited {proc.returncode}):\n"
                 f"{(proc.stdout + proc.stderr).strip()}"
             )
         # FRR refuses incoming sessions while a peer is Idle (its start timer, ~1 s); a speaker
@@ -1054,13 +1094,8 @@ class Lab:
         return self.vtysh_json(f"show bgp {afi} unicast {prefix} json", node)
 
     def bgp_peer_states(self, node: str | None = None) -> dict[str, str]:
-        """Neighbor address -> BGP state, over all address families."""
-        states: dict[str, str] = {}
-        for family in self.bgp_summary(node).values():
-            if isinstance(family, dict):
-                for peer, info in family.get("peers", {}).items():
-                    states[peer] = info.get("state", "?")
-        return states
+        """Neighbor address -> BGP state (``Established`` when up), whatever the router runs."""
+        return self.routing(node).peer_states()
 
     def wait_established(self, peers: Iterable[str], timeout: float = 30.0, node: str | None = None) -> float:
         """Wait until every peer in ``peers`` is Established at the router; returns seconds waited."""
@@ -1133,15 +1168,9 @@ class Lab:
         expected = "present" if present else "absent"
         if present and want is not None:
             expected += f" with nexthops {sorted(want)}"
-        details = []
-        for what, cmd in (
-            ("BGP table entry", f"show bgp {'ipv6' if ':' in prefix else 'ipv4'} unicast {prefix}"),
-            ("BGP summary", "show bgp summary"),
-        ):
-            try:
-                details.append(f"--- {what} ({cmd}) ---\n{self.vtysh(cmd, router, check=False).rstrip()}")
-            except Exception as exc:
-                details.append(f"--- {what}: unavailable: {exc}")
+        details = [
+            f"--- {what} ---\n{text.rstrip()}" for what, text in self.routing(router).diagnostics(prefix)
+        ]
         raise TimeoutError(
             f"{prefix} not {expected} in {router}'s kernel table after {timeout}s; "
             f"kernel route now: {json.dumps(route)}\n" + "\n".join(details)
@@ -1180,12 +1209,8 @@ class Lab:
             )
             out.append(f"process {p.node}/{p.name} pid {p.pid}: {state}")
         for router in self.topology.routers:
-            for cmd in ("show bgp summary", "show bgp ipv4 unicast", "show bgp ipv6 unicast"):
-                try:
-                    text = self.vtysh(cmd, router, check=False)
-                except Exception as exc:
-                    text = f"<unavailable: {exc}>"
-                out.append(f"----- {router}: {cmd} -----\n{text.rstrip()}")
+            for cmd, text in self.routing(router).diagnostics():
+                out.append(f"----- {router} ({self.router_software}): {cmd} -----\n{text.rstrip()}")
             for family in (4, 6):
                 try:
                     text = _run(
@@ -1222,6 +1247,355 @@ class Lab:
                 cls(topo if Path(topo).exists() else DEFAULT_TOPOLOGY, prefix, state_root=root).down()
                 removed.append(prefix)
         return removed
+
+
+# --------------------------------------------------------------------------- router software
+
+
+class RouterSoftware:
+    """The BGP software on the lab's router node: started and stopped by the lab, and asked
+    for its own view of the sessions and routes, in its own CLI or JSON.
+
+    ``paths(prefix)`` answers the same shape for every router: one dict per path the router
+    holds for the prefix, ``{"nexthop": "10.0.1.2", "peer": "10.0.1.2", "med": 55 or None,
+    "best": bool}``."""
+
+    name = ""
+    programs_kernel = True
+    """Whether the router installs its routes in its namespace's kernel table."""
+    bgp_daemons: tuple[str, ...] = ()
+
+    def __init__(self, lab: Lab, node: str) -> None:
+        self.lab = lab
+        self.node = node
+        self.dir = lab.state_dir / self.name
+        self.started_at = 0.0
+        """Monotonic time the BGP daemon was last started (for reconnection figures)."""
+
+    def config_text(self) -> str:
+        """The configuration: the Lab's ``router_config``, else the file the router node's
+        ``bgpvip.<name>-conf`` label names (relative to the topology file)."""
+        if self.lab.router_config is not None:
+            return self.lab.router_config
+        label = f"bgpvip.{self.name}-conf"
+        rel = self.lab.topology.nodes[self.node].labels.get(label)
+        if not rel:
+            raise LabError(
+                f"router {self.node!r} has no label {label!r} naming its {self.name} configuration"
+            )
+        return (self.lab.topology.path.parent / rel).read_text()
+
+    def start(self, deadline: float | None = None) -> None:
+        raise NotImplementedError
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the BGP daemon(s) (SIGTERM, as an operator's restart would; SIGKILL after
+        ``grace``). The namespace stays: connections to it are refused meanwhile."""
+        procs = [
+            p
+            for p in self.lab._procs
+            if p.node == self.node and p.name in self.bgp_daemons and _alive(p.pid, p.start)
+        ]
+        for proc in procs:
+            _kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            while _alive(proc.pid, proc.start) and time.monotonic() < deadline:
+                if proc.popen is not None:
+                    proc.popen.poll()
+                time.sleep(0.01)
+            if _alive(proc.pid, proc.start):
+                _kill(proc.pid, signal.SIGKILL)
+            if proc.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=5)
+        with self.lab._lock:  # gone on purpose: not a daemon that died while starting
+            self.lab._procs = [p for p in self.lab._procs if p not in procs]
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+    def peer_states(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def paths(self, prefix: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def diagnostics(self, prefix: str | None = None) -> list[tuple[str, str]]:
+        """(command, output) pairs for a failure report."""
+        return []
+
+    def _deadline(self, deadline: float | None) -> float:
+        return deadline if deadline is not None else time.monotonic() + 30.0
+
+    def _wait_ready(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
+        self.lab._wait_for(ready, deadline, f"{self.node}: {what}", router=self.node)
+
+    @staticmethod
+    def _capture(func: Callable[[], str]) -> str:
+        try:
+            return func()
+        except Exception as exc:
+            return f"<unavailable: {exc}>"
+
+
+class FrrRouter(RouterSoftware):
+    """FRR 8.4: zebra and bgpd (and bfdd), configured through vtysh; installs in the kernel.
+    A restart restarts bgpd only: zebra keeps running, as it would under watchfrr."""
+
+    name = "frr"
+    bgp_daemons = ("bgpd",)
+
+    def start(self, deadline: float | None = None) -> None:
+        zebra = any(
+            p.node == self.node and p.name == "zebra" and _alive(p.pid, p.start) for p in self.lab._procs
+        )
+        self.started_at = time.monotonic()
+        self.lab._start_frr(self.node, self._deadline(deadline), only=None if not zebra else ("bgpd",))
+
+    def peer_states(self) -> dict[str, str]:
+        states: dict[str, str] = {}
+        for family in self.lab.bgp_summary(self.node).values():
+            if isinstance(family, dict):
+                for peer, info in family.get("peers", {}).items():
+                    states[peer] = info.get("state", "?")
+        return states
+
+    def paths(self, prefix: str) -> list[dict[str, Any]]:
+        out = []
+        for path in self.lab.bgp_prefix(prefix, self.node).get("paths", []):
+            hops = path.get("nexthops") or [{}]
+            out.append(
+                {
+                    "nexthop": hops[0].get("ip"),
+                    "peer": path.get("peer", {}).get("peerId"),
+                    "med": path.get("metric"),
+                    "best": bool(path.get("bestpath", {}).get("overall")),
+                }
+            )
+        return out
+
+    def neighbor(self, address: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.lab.vtysh_json(f"show bgp neighbors {address} json", self.node)
+        found: dict[str, Any] = data.get(address, {})
+        return found
+
+    def diagnostics(self, prefix: str | None = None) -> list[tuple[str, str]]:
+        cmds = ["show bgp summary"]
+        if prefix:
+            cmds.append(f"show bgp {'ipv6' if ':' in prefix else 'ipv4'} unicast {prefix}")
+        else:
+            cmds += ["show bgp ipv4 unicast", "show bgp ipv6 unicast"]
+        return [
+            (c, self._capture(functools.partial(self.lab.vtysh, c, self.node, check=False))) for c in cmds
+        ]
+
+
+class BirdRouter(RouterSoftware):
+    """BIRD 2 (``bird -f``), controlled with ``birdc`` over its own socket; its ``protocol
+    kernel`` installs the routes in the router's kernel."""
+
+    name = "bird"
+    bgp_daemons = ("bird",)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.dir / f"{self.node}.ctl"
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / f"{self.node}.conf"
+
+    def start(self, deadline: float | None = None) -> None:
+        deadline = self._deadline(deadline)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.conf.exists():
+            self.conf.write_text(self.config_text())
+        check = _run([str(BIRD_BIN / "bird"), "-p", "-c", str(self.conf)], check=False)
+        if check.returncode != 0:
+            raise LabError(f"{self.node}: BIRD rejects {self.conf}:\n{check.stdout}{check.stderr}")
+        self.socket_path.unlink(missing_ok=True)
+        log = self.dir / f"{self.node}.log"
+        cmd = [str(BIRD_BIN / "bird"), "-f", "-c", str(self.conf), "-s", str(self.socket_path)]
+        cmd += ["-P", str(self.dir / f"{self.node}.pid")]
+        self.started_at = time.monotonic()
+        self.lab.popen(self.node, cmd, log_path=log, name="bird")
+        self.lab.register_log(f"{self.node}/bird.log", log)
+        self._wait_ready(lambda: self.birdc("show status", check=False).startswith("BIRD"), deadline, "birdc")
+
+    def birdc(self, command: str, check: bool = True) -> str:
+        """``birdc`` output (without the banner line); raises LabError for BIRD's errors."""
+        proc = _run(
+            [str(BIRD_BIN / "birdc"), "-s", str(self.socket_path), *shlex.split(command)], check=False
+        )
+        text = proc.stdout
+        if check and (proc.returncode != 0 or "\nsyntax error" in text or text.startswith("Unable")):
+            raise LabError(f"birdc {command!r} failed: {text}{proc.stderr}")
+        return (
+            text
+            if text.startswith("Unable")
+            else text.split("\n", 1)[-1]
+            if text.startswith("BIRD")
+            else text
+        )
+
+    def configure(self, text: str) -> str:
+        """Reload with a new configuration (``birdc configure``); BGP sessions are kept where
+        BIRD can (a changed import filter: route refresh, or its import table)."""
+        self.conf.write_text(text)
+        out = self.birdc("configure")
+        if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
+            raise LabError(f"BIRD did not reconfigure: {out}")
+        return out
+
+    def protocols(self) -> dict[str, dict[str, str]]:
+        """BGP protocols of ``show protocols all``: name -> its ``Key: value`` lines, plus state."""
+        out: dict[str, dict[str, str]] = {}
+        current: dict[str, str] | None = None
+        for line in self.birdc("show protocols all").splitlines():
+            if line and not line[0].isspace():
+                words = line.split()
+                current = None
+                if len(words) >= 5 and words[1] == "BGP":
+                    current = out[words[0]] = {
+                        "state": words[3],
+                        "since": words[4],
+                        "info": " ".join(words[5:]),
+                    }
+            elif current is not None and ":" in line:
+                key, _, value = line.strip().partition(":")
+                current.setdefault(key, value.strip())
+        return out
+
+    def peer_states(self) -> dict[str, str]:
+        states = {}
+        for info in self.protocols().values():
+            if "Neighbor address" in info:
+                states[info["Neighbor address"]] = info.get("BGP state", info["state"])
+        return states
+
+    def neighbor(self, address: str) -> dict[str, str]:
+        for name, info in self.protocols().items():
+            if info.get("Neighbor address") == address:
+                return {"name": name, **info}
+        return {}
+
+    def paths(self, prefix: str) -> list[dict[str, Any]]:
+        by_name = {name: info.get("Neighbor address") for name, info in self.protocols().items()}
+        out: list[dict[str, Any]] = []
+        text = self.birdc(f"show route {prefix} all", check=False)
+        if "Network not found" in text:
+            return []
+        for line in text.splitlines():
+            m = re.search(r"unicast \[(\S+) [^\]]*\] (\*)?", line)
+            if m:
+                out.append(
+                    {"nexthop": None, "peer": by_name.get(m.group(1)), "med": None, "best": bool(m.group(2))}
+                )
+            elif out and line.strip().startswith("BGP.next_hop:"):
+                out[-1]["nexthop"] = line.split(":", 1)[1].split()[0]
+            elif out and line.strip().startswith("BGP.med:"):
+                out[-1]["med"] = int(line.split(":", 1)[1])
+        return out
+
+    def diagnostics(self, prefix: str | None = None) -> list[tuple[str, str]]:
+        cmds = ["show protocols", f"show route {prefix} all" if prefix else "show route all"]
+        return [(f"birdc {c}", self._capture(functools.partial(self.birdc, c, check=False))) for c in cmds]
+
+
+class GobgpRouter(RouterSoftware):
+    """GoBGP 3 (``gobgpd``), asked with ``gobgp -j`` inside the router's namespace. It does not
+    program the kernel here (docs/gobgp.md): assert on its RIB."""
+
+    name = "gobgp"
+    programs_kernel = False
+    bgp_daemons = ("gobgpd",)
+    api = "127.0.0.1:50051"  # inside the router's namespace
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / f"{self.node}.toml"
+
+    def start(self, deadline: float | None = None) -> None:
+        deadline = self._deadline(deadline)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.conf.exists():
+            self.conf.write_text(self.config_text())
+        check = _run([str(GOBGP_BIN / "gobgpd"), "-d", "-f", str(self.conf)], check=False)
+        if check.returncode != 0:
+            raise LabError(f"{self.node}: gobgpd rejects {self.conf}:\n{check.stdout}{check.stderr}")
+        log = self.dir / f"{self.node}.log"
+        cmd = [str(GOBGP_BIN / "gobgpd"), "-f", str(self.conf), "-t", "toml", "--api-hosts", self.api]
+        cmd += ["--pprof-disable", "-p", "-l", "info"]
+        self.started_at = time.monotonic()
+        self.lab.popen(self.node, cmd, log_path=log, name="gobgpd")
+        self.lab.register_log(f"{self.node}/gobgpd.log", log)
+        self._wait_ready(lambda: self.gobgp("neighbor", check=False).returncode == 0, deadline, "gobgp API")
+
+    def gobgp(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.lab.exec(self.node, [str(GOBGP_BIN / "gobgp"), *args], check=check)
+
+    def gobgp_json(self, *args: str) -> Any:
+        out = self.gobgp(*args, "-j").stdout
+        return json.loads(out) if out.strip() else None
+
+    def configure(self, text: str) -> None:
+        """Apply a new configuration: gobgpd re-reads its file on SIGHUP (neighbors, policies)."""
+        self.conf.write_text(text)
+        for proc in self.lab._procs:
+            if proc.node == self.node and proc.name == "gobgpd" and _alive(proc.pid, proc.start):
+                os.kill(proc.pid, signal.SIGHUP)
+
+    _STATES = {
+        0: "Unknown",
+        1: "Idle",
+        2: "Connect",
+        3: "Active",
+        4: "OpenSent",
+        5: "OpenConfirm",
+        6: "Established",
+    }
+
+    def peer_states(self) -> dict[str, str]:
+        states = {}
+        for peer in self.gobgp_json("neighbor") or []:
+            state = peer.get("state", {})
+            states[state.get("neighbor_address") or peer["conf"]["neighbor_address"]] = self._STATES.get(
+                state.get("session_state", 0), "?"
+            )
+        return states
+
+    def neighbor(self, address: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.gobgp_json("neighbor", address) or {}
+        return data
+
+    def paths(self, prefix: str) -> list[dict[str, Any]]:
+        afi = "ipv6" if ":" in prefix else "ipv4"
+        data = self.gobgp_json("global", "rib", "-a", afi, prefix) or {}
+        out = []
+        for path in data.get(prefix, []):
+            attrs = {a.get("type"): a for a in path.get("attrs", [])}
+            nexthop = attrs.get(3, {}).get("nexthop") or attrs.get(14, {}).get("nexthop")
+            out.append(
+                {
+                    "nexthop": nexthop,
+                    "peer": path.get("neighbor-ip"),
+                    "med": attrs.get(4, {}).get("metric"),
+                    "best": bool(path.get("best")),
+                }
+            )
+        return out
+
+    def diagnostics(self, prefix: str | None = None) -> list[tuple[str, str]]:
+        args = [("neighbor",), ("global", "rib", "-a", "ipv4"), ("global", "rib", "-a", "ipv6")]
+        return [
+            (f"gobgp {' '.join(a)}", self._capture(functools.partial(self._gobgp_text, *a))) for a in args
+        ]
+
+    def _gobgp_text(self, *args: str) -> str:
+        return self.gobgp(*args, check=False).stdout
 
 
 def _strip_vty_addr(options: list[str]) -> list[str]:
@@ -1468,6 +1842,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), help="containerlab topology file")
     parser.add_argument("--bfd", action="store_true", default=None, help="also run bfdd on the router")
+    parser.add_argument(
+        "--router",
+        choices=ROUTER_SOFTWARE,
+        default=None,
+        help="BGP software on the router node (default frr, or $BGPVIP_LAB_ROUTER; a running lab keeps its own)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="build the lab and start FRR on the router")
     sub.add_parser("down", help="remove everything of this prefix (idempotent)")
@@ -1508,14 +1888,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("nslab.py: needs root (network namespaces, FRR)", file=sys.stderr)
         return 2
-    lab = Lab(args.topology, args.prefix, bfd=args.bfd)
+    lab = Lab(args.topology, args.prefix, bfd=args.bfd, router_software=args.router)
     if args.command == "up":
         t0 = time.monotonic()
         lab.up()
         print(f"lab {lab.prefix} up in {time.monotonic() - t0:.2f}s; state in {lab.state_dir}")
         print(f"  nodes: {', '.join(f'{n} (netns {lab.ns(n)})' for n in lab.nodes)}")
-        if lab.router:
+        if lab.router and lab.router_software == "frr":
             print(f"  vtysh: {shlex.join(lab._vtysh_argv())} -c 'show bgp summary'")
+        elif lab.router and lab.router_software == "bird":
+            print(f"  birdc: birdc -s {lab.routing().dir / (lab.router + '.ctl')} show protocols")
+        elif lab.router:
+            print(f"  gobgp: ip netns exec {lab.ns(lab.router)} gobgp neighbor")
         print(f"  shell: ip netns exec {lab.ns(lab.nodes[0])} bash")
     elif args.command == "down":
         lab.down()
@@ -1529,6 +1913,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {**os.environ, **node_bgpvip_env(lab, args.node)}
         return subprocess.call(["ip", "netns", "exec", lab.ns(args.node), *cmd], env=env)
     elif args.command == "bgp-json":
+        if lab.router_software != "frr":
+            print("bgp-json is FRR's `show bgp ... json`; for BIRD and GoBGP use their CLI", file=sys.stderr)
+            return 2
         print(json.dumps(lab.bgp_json(args.afi), indent=2))
     elif args.command == "routes-json":
         print(json.dumps(lab.kernel_routes(args.family), indent=2))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote as url_quote
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -37,6 +38,7 @@ _COMMUNITY_RE = re.compile(r"^(\d{1,5}):(\d{1,5})$")
 _LARGE_COMMUNITY_RE = re.compile(r"^(\d{1,10}):(\d{1,10}):(\d{1,10})$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_CHECK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _WELL_KNOWN_COMMUNITIES = frozenset({"no-export", "no-advertise", "no-export-subconfed", "nopeer"})
 
 
@@ -142,6 +144,51 @@ class _CheckTiming(_Model):
     """Consecutive failures before a check counts as DOWN. Default 2: one lost or slow probe
     never withdraws a route, and the second failure comes `fast_interval` after the first."""
 
+    on_failure: Literal["withdraw", "lower-preference"] = "withdraw"
+    """What this check failing does to its VIP's route. `withdraw` (the default): the route
+    goes, as `require` says. `lower-preference`: the route stays announced, with a higher MED
+    and/or a longer AS path (`med_penalty`, `prepend_penalty`) while the check is not UP, so
+    every node whose checks all pass wins wherever one exists, and the VIP stays routable while
+    any node announces it. For a dependency the service can partly work without, such as etcd
+    behind kube-apiserver: see docs/control-plane-vip.md for the set-up and its risk. Such a
+    check never withdraws the route: `require` counts only the `withdraw` checks, and a VIP
+    whose checks all lower preference is announced whenever the speaker runs (as one without
+    checks), preferred while they pass."""
+    med_penalty: _Int | None = Field(default=None, ge=0, le=4_294_967_295)
+    """MED added to the route while this `lower-preference` check is not UP; the penalties of
+    several failing checks add up. Default: 1000 when `priority_attribute` is `med` (the
+    default) and `prepend_penalty` is unset, else 0. 1000 is more than any MED `priority`
+    gives (at most 254), so a penalised route loses against every healthy node's and keeps its
+    place among the other penalised ones: when every node is penalised, ECMP (or the node
+    `priority` picks) stays as it was. With an explicit `med` that differs between your nodes,
+    the penalty must exceed the largest difference. A VIP with a MED penalty always carries a
+    MED (0 when nothing else sets one), because routers that take a missing MED as the worst
+    (Yamaha RTX, FRR's `bgp bestpath med missing-as-worst`) would prefer the penalised route."""
+    prepend_penalty: _Int | None = Field(default=None, ge=0, le=16)
+    """AS-path prepends (of `bgp.local_as`) added while this `lower-preference` check is not UP;
+    several failing checks add up. Default: 11 when `priority_attribute` is `as-path` and
+    `med_penalty` is unset, else 0. 11 is one more than the most prepends `priority` adds (10),
+    so a penalised route loses against every healthy node's even on routers that do not compare
+    MED between your nodes (nodes in different ASes), and keeps its place among the others."""
+
+    @model_validator(mode="after")
+    def _penalties(self) -> _CheckTiming:
+        if self.on_failure == "withdraw":
+            problems = [
+                _FieldError(name, "applies only with on_failure: lower-preference")
+                for name in ("med_penalty", "prepend_penalty")
+                if getattr(self, name) is not None
+            ]
+            _raise_all(problems)
+        elif (self.med_penalty, self.prepend_penalty) != (None, None) and not (
+            self.med_penalty or self.prepend_penalty
+        ):
+            raise ValueError(
+                "on_failure: lower-preference needs med_penalty or prepend_penalty above 0 (or neither "
+                "set, for the defaults): with both 0 a failing check changes nothing"
+            )
+        return self
+
 
 class HttpCheck(_CheckTiming):
     """GET a URL; healthy when the status is one of `expect_status`."""
@@ -243,6 +290,14 @@ class KubeApiserverCheck(_CheckTiming):
         _client_pair(self.client_cert, self.client_key)
         return self
 
+    exclude: tuple[str, ...] = ()
+    """Named checks of `path` for kube-apiserver to leave out, sent as `exclude=NAME` query
+    parameters (documented in Kubernetes' "API health endpoints" reference). `[etcd,
+    etcd-readiness]` makes `/readyz` answer without asking etcd: the usual `withdraw` check
+    next to a `lower-preference` check of the whole `/readyz` (docs/control-plane-vip.md).
+    kube-apiserver ignores a name it does not have (its answer carries a warning line and stays
+    200; `etcd-readiness` exists from v1.25), so one list serves every version. Default none."""
+
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
@@ -260,11 +315,29 @@ class KubeApiserverCheck(_CheckTiming):
             raise ValueError("must start with '/' and contain no spaces or control characters")
         return v
 
+    @field_validator("exclude")
+    @classmethod
+    def _exclude(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not _CHECK_NAME_RE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a kube-apiserver check name (like etcd or poststarthook/rbac/bootstrap-roles)"
+                )
+        return v
+
+    @property
+    def target(self) -> str:
+        """The path and query asked for: `path` with one `exclude=NAME` per excluded check."""
+        if not self.exclude:
+            return self.path
+        query = "&".join(f"exclude={url_quote(name, safe='/')}" for name in self.exclude)
+        return f"{self.path}{'&' if '?' in self.path else '?'}{query}"
+
     def as_http(self) -> HttpCheck:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return HttpCheck(
             type="http",
-            url=f"https://{host}:{self.port}{self.path}",
+            url=f"https://{host}:{self.port}{self.target}",
             ca_file=None if self.insecure else self.ca_file,
             tls_server_name=self.tls_server_name,
             insecure=self.insecure,
@@ -275,6 +348,9 @@ class KubeApiserverCheck(_CheckTiming):
             timeout=self.timeout,
             rise=self.rise,
             fall=self.fall,
+            on_failure=self.on_failure,
+            med_penalty=self.med_penalty,
+            prepend_penalty=self.prepend_penalty,
         )
 
 
@@ -392,6 +468,19 @@ class PeerConfig(_Model):
     bfd: Annotated[BfdConfig | None, BeforeValidator(_bfd_shorthand)] = None
     """BFD towards this peer, see below. Default off: the router has to be configured for it,
     and Yamaha RTX has no BFD."""
+    listen: bool | Literal["auto"] = "auto"
+    """Also accept the router's connections on port 179 of `local_address`, not only connect
+    out. ExaBGP's own reconnect attempts back off up to a minute, so after a long router
+    outage the session would come back up to a minute after the router does; the router's
+    own connection is accepted at once. Default `auto`: listen when `bgpvip run` can bind
+    the port, otherwise log `listen-skipped` with the reason (another BGP daemon such as
+    Calico's BIRD holds it, or no CAP_NET_BIND_SERVICE) and only connect out. `true`
+    refuses to start when the port cannot be bound; `false` never listens."""
+    route_refresh: bool = True
+    """Advertise route refresh (RFC 2918), so the router can ask for the routes again after it
+    changed its import policy (FRR `clear bgp ... soft in`, a BIRD `configure`, GoBGP
+    `softresetin`) without resetting the session. Default true; turn it off only for a router
+    that refuses the capability."""
 
     @field_validator("families")
     @classmethod
@@ -785,9 +874,20 @@ class Config(_Model):
                             f"lies in pool {pool.name!r}; VIPs and pools must not overlap",
                         )
                     )
+        for i, v in enumerate(self.vips):
+            worst = vip_base_med(self, v) + sum(failure_penalty(self, c).med for c in v.checks)
+            if worst > MAX_MED:
+                problems.append(
+                    _FieldError(
+                        f"vips[{i}].checks",
+                        f"with every lower-preference check failing the MED would be {worst}, over "
+                        f"{MAX_MED}: lower their med_penalty (or the VIP's med)",
+                    )
+                )
         prepends = self.priority_attribute == "as-path" or any(
             v.as_path_prepend for v in (*self.vips, *self.pools)
         )
+        prepends = prepends or any(failure_penalty(self, c).prepend for v in self.vips for c in v.checks)
         if prepends:
             for i, peer in enumerate(self.bgp.peers):
                 if peer.local_as not in (None, self.bgp.local_as):
@@ -950,6 +1050,50 @@ def route_attributes(config: Config, source: RouteAttributes, priority: int | No
 
 def effective_priority(config: Config, vip: VipConfig) -> int | None:
     return vip.priority if vip.priority is not None else config.priority
+
+
+MAX_MED = 4_294_967_295
+DEFAULT_MED_PENALTY = 1000
+DEFAULT_PREPEND_PENALTY = MAX_PRIORITY_PREPENDS + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Penalty:
+    """What a failing `lower-preference` check adds to its VIP's route: MED and AS-path prepends."""
+
+    med: int = 0
+    prepend: int = 0
+
+    def __add__(self, other: Penalty) -> Penalty:
+        return Penalty(self.med + other.med, self.prepend + other.prepend)
+
+    def __bool__(self) -> bool:
+        return bool(self.med or self.prepend)
+
+
+NO_PENALTY = Penalty()
+
+
+def failure_penalty(config: Config, check: Check) -> Penalty:
+    """The penalty of one check while it is not UP: nothing for a `withdraw` check; for a
+    `lower-preference` one its own penalties, or the default for `priority_attribute`."""
+    if check.on_failure != "lower-preference":
+        return NO_PENALTY
+    if check.med_penalty is None and check.prepend_penalty is None:
+        if config.priority_attribute == "med":
+            return Penalty(med=DEFAULT_MED_PENALTY)
+        return Penalty(prepend=DEFAULT_PREPEND_PENALTY)
+    return Penalty(med=check.med_penalty or 0, prepend=check.prepend_penalty or 0)
+
+
+def vip_base_med(config: Config, vip: VipConfig) -> int:
+    """The MED of a VIP's healthy route as a router compares it (a missing MED counts as 0)."""
+    if vip.med is not None:
+        return vip.med
+    priority = effective_priority(config, vip)
+    if priority is not None and config.priority_attribute == "med":
+        return 255 - priority
+    return 0
 
 
 def host_prefix(vip: VipConfig) -> IPv4Network | IPv6Network:

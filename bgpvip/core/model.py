@@ -68,6 +68,8 @@ class Reason(enum.StrEnum):
     """Why a VIP or Service IP is announced, or why it is not."""
 
     HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    """Announced, with lower preference: a `lower-preference` check is not up."""
     CHECK_FAILING = "checkFailing"
     CHECK_PENDING = "checkPending"
     KEPT_FROM_PREVIOUS = "keptFromPrevious"
@@ -90,6 +92,14 @@ class Reason(enum.StrEnum):
     INVALID_ADDRESS = "invalidAddress"
     NODE_UNKNOWN = "nodeUnknown"
     KUBE_NOT_SYNCED = "kubeNotSynced"
+    # announced to ExaBGP, but no BGP session carries it (core/peers.py)
+    FAMILY_NOT_NEGOTIATED = "familyNotNegotiated"
+    PEERS_DOWN = "peersDown"
+
+
+NOT_DELIVERED = frozenset({Reason.FAMILY_NOT_NEGOTIATED, Reason.PEERS_DOWN})
+"""Reasons of a decision that announces (the route is in ExaBGP) while no router receives it:
+such a route does not count as announced."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +142,9 @@ class Desired:
     """The Service decisions, as the Kubernetes side computed them (before `override`)."""
     override: tuple[Reason, str] | None = None
     """Drained or stopping: every announcing decision of `table` reads as not announced, why."""
+    undelivered: tuple[tuple[int, Reason, str], ...] = ()
+    """(IP version, reason, detail) for each family no BGP session carries: the announcing
+    decisions of `table` in that family read so (the route stays in ExaBGP)."""
     release_delay: float = 0.0
     """Seconds an address stays after its route was withdrawn (the router is still converging)."""
     release_now: frozenset[tuple[int, int]] = frozenset()
@@ -161,21 +174,34 @@ class Desired:
     def _merge(self) -> tuple[Decision, ...]:
         if self.table is None:
             return self.own
-        services = overridden(self.table.sorted_decisions(), self.override)
+        services = overridden(self.table.sorted_decisions(), self.override, self.undelivered)
         if not self.own:
             return services
         # Both parts are sorted by (family, address, source); a stable sort of the two keeps it.
         return tuple(sorted((*self.own, *services), key=decision_order))
 
 
-def overridden(decisions: tuple[Decision, ...], override: tuple[Reason, str] | None) -> tuple[Decision, ...]:
-    """`decisions` as a drain or stop shows them: every announcing one reads as not announced."""
-    if override is None:
+def overridden(
+    decisions: tuple[Decision, ...],
+    override: tuple[Reason, str] | None,
+    undelivered: tuple[tuple[int, Reason, str], ...] = (),
+) -> tuple[Decision, ...]:
+    """`decisions` as a drain or stop shows them (every announcing one reads as not announced),
+    or else as the sessions show them (an announcing one whose family no session carries
+    reads with that reason)."""
+    if override is not None:
+        reason, detail = override
+        return tuple(
+            replace(d, announce=False, reason=reason, detail=detail) if d.announce else d for d in decisions
+        )
+    if not undelivered:
         return decisions
-    reason, detail = override
-    return tuple(
-        replace(d, announce=False, reason=reason, detail=detail) if d.announce else d for d in decisions
-    )
+    by_family = {version: (reason, detail) for version, reason, detail in undelivered}
+    out = []
+    for d in decisions:
+        problem = by_family.get(d.address.version) if d.announce else None
+        out.append(d if problem is None else replace(d, reason=problem[0], detail=problem[1]))
+    return tuple(out)
 
 
 def one_route_per_prefix(decisions: Iterable[Decision]) -> frozenset[Route]:

@@ -12,7 +12,9 @@ executable is refused here, before ExaBGP starts.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,13 +82,62 @@ def read_passwords(config: Config) -> dict[IPAddress, str]:
     return out
 
 
-def render(config: Config, config_path: Path, *, speaker: list[str] | None = None) -> str:
+def render(
+    config: Config, config_path: Path, *, speaker: list[str] | None = None, check_ports: bool = False
+) -> str:
+    """ExaBGP's configuration; with `check_ports`, ExaBGP listens only where it can."""
+    local = resolve_local_addresses(config)
     return exa.render_config(
         config,
         process_command=speaker or speaker_command(config_path),
-        local_addresses=resolve_local_addresses(config),
+        local_addresses=local,
         passwords=read_passwords(config),
+        listening=listening_peers(config, local) if check_ports else None,
     )
+
+
+def listening_peers(config: Config, local_addresses: Mapping[IPAddress, IPAddress]) -> set[IPAddress]:
+    """The peers ExaBGP can accept connections from on port 179: `listen: true` and `auto`
+    peers whose local address and port can be bound now. ExaBGP refuses to start when a port
+    it must listen on is taken, and says so only in its own log: a `listen: true` (or
+    passive) peer whose port cannot be bound raises ConfigError naming the peer; an `auto`
+    one is logged (`listen-skipped`) and left to connect out only."""
+    problems: list[tuple[str, str]] = []
+    listening: set[IPAddress] = set()
+    for i, peer in enumerate(config.bgp.peers):
+        local = local_addresses.get(peer.address)
+        if local is None or not (peer.passive or peer.listen is not False):
+            continue
+        port = peer.port if peer.passive else exa.BGP_PORT
+        why = _cannot_listen(local, port)
+        if why is None:
+            if not peer.passive:
+                listening.add(peer.address)
+        elif peer.passive or peer.listen is True:
+            field = f"bgp.peers[{i}].{'passive' if peer.passive else 'listen'}"
+            problems.append((field, why + ("" if peer.passive else "; or set listen: false (or auto)")))
+        else:
+            log.warning(logs.kv("listen-skipped", peer=peer.label, reason=why, effect="connecting out only"))
+    if problems:
+        raise ConfigError(problems)
+    return listening
+
+
+def _cannot_listen(local: IPAddress, port: int) -> str | None:
+    family = socket.AF_INET6 if local.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((str(local), port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {local} is in use by another program (another BGP daemon on this host?)"
+                )
+            if e.errno == errno.EACCES:
+                return f"port {port} on {local} needs root or CAP_NET_BIND_SERVICE to listen on"
+            return f"cannot listen on port {port} of {local}: {e.strerror}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -124,7 +175,7 @@ def prepare(config: Config, config_path: Path, *, env: Mapping[str, str] | None 
         raise ConfigError([("runtime_dir", f"{runtime} cannot be created: {e.strerror or e}")]) from None
     (runtime / STOP_MARKER).unlink(missing_ok=True)
     conf = runtime / "exabgp.conf"
-    text = render(config, config_path)
+    text = render(config, config_path, check_ports=True)
     tmp = conf.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -5,8 +5,9 @@ loads nothing else (bgpvip/launcher/prepare.py renders the configuration and the
 itself with this program, `python -m bgpvip.launcher`). ExaBGP runs as our child with
 bgpvip's speaker as its API process. On SIGTERM/SIGINT the order matters: first the
 speaker withdraws every route and waits `shutdown_delay` (routers converge while the host
-still answers on its VIPs), then ExaBGP is stopped. A stop marker in the runtime directory
-keeps a speaker that ExaBGP respawns in the meantime from announcing again.
+still answers on its VIPs), then it closes the sessions with Cease and has ExaBGP stop. A stop
+marker in the runtime directory keeps a speaker that ExaBGP respawns in the meantime from
+announcing again.
 SIGHUP is passed to the speaker only (it reloads VIPs and checks); ExaBGP would treat SIGHUP
 as a reload of its own configuration.
 
@@ -135,8 +136,10 @@ class Supervisor:
             while pidfile.exists() and _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
         assert self.proc is not None
-        if self.proc.poll() is None:
-            log.info(logs.kv("exabgp-stop", pid=self.proc.pid))
+        # the speaker has normally closed the sessions with Cease and told ExaBGP to stop
+        running = self.proc.poll() is None
+        log.info(logs.kv("exabgp-stop", pid=self.proc.pid, running=running))
+        if running:
             self.proc.send_signal(signal.SIGTERM)
 
 

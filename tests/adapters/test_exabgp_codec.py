@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from bgpvip.adapters.exabgp import codec
 from bgpvip.adapters.exabgp.codec import (
     Ack,
+    Negotiated,
     NeighborEvent,
+    NeighborStatus,
+    Notification,
     Shutdown,
     Unknown,
     canonical_attributes,
@@ -23,6 +26,7 @@ from bgpvip.adapters.exabgp.codec import (
     parse_adj_rib_out,
     parse_adj_rib_out_detailed,
     parse_line,
+    parse_neighbors,
     validate_line,
 )
 from bgpvip.core.model import Action, Announce, Attributes, Route, Withdraw
@@ -180,6 +184,13 @@ def test_bad_routes_never_become_lines(attributes: dict[str, object], next_hop: 
         pytest.param("show adj-rib out extensive", id="show"),
         pytest.param("clear adj-rib out", id="clear"),
         pytest.param("announce eor ipv6 unicast", id="eor"),
+        pytest.param("show neighbor json", id="show-neighbor"),
+        pytest.param("neighbor * teardown 2", id="cease"),
+        pytest.param("shutdown", id="shutdown"),
+        pytest.param("neighbor 10.0.0.1 announce attributes next-hop self nlri 1.2.3.4/32", id="neighbor"),
+        pytest.param(
+            "neighbor 10.0.0.1 , neighbor fd00::1 withdraw attributes nlri 1.2.3.4/32", id="neighbors"
+        ),
     ],
 )
 def test_valid_lines(line: str) -> None:
@@ -219,8 +230,19 @@ def test_valid_lines(line: str) -> None:
         pytest.param("announce attributes med 1 nlri 198.51.100.1/32", id="no-next-hop"),
         pytest.param("announce route 198.51.100.1/32 next-hop self", id="announce-route"),
         pytest.param("withdraw attributes next-hop self nlri 198.51.100.1/32", id="withdraw-attrs"),
-        pytest.param("neighbor 10.0.0.1 announce attributes next-hop self nlri 1.2.3.4/32", id="neighbor"),
-        pytest.param("shutdown", id="shutdown"),
+        pytest.param("neighbor 10.0.0.1, neighbor 10.0.0.2 withdraw attributes nlri 1.2.3.4/32", id="comma"),
+        pytest.param("neighbor 10.0.0.1 , withdraw attributes nlri 1.2.3.4/32", id="dangling-comma"),
+        pytest.param("neighbor * announce attributes next-hop self nlri 1.2.3.4/32", id="neighbor-star"),
+        pytest.param("neighbor 10.0.0.01 withdraw attributes nlri 1.2.3.4/32", id="neighbor-not-canonical"),
+        pytest.param("neighbor FD00::1 withdraw attributes nlri 1.2.3.4/32", id="neighbor-upper-case"),
+        pytest.param(
+            "neighbor 10.0.0.1 , neighbor 10.0.0.1 withdraw attributes nlri 1.2.3.4/32", id="neighbor-twice"
+        ),
+        pytest.param("neighbor 10.0.0.1 local-as 1 withdraw attributes nlri 1.2.3.4/32", id="filter"),
+        pytest.param("neighbor 10.0.0.1 teardown 2", id="teardown-one"),
+        pytest.param("neighbor 10.0.0.1", id="neighbor-alone"),
+        pytest.param("shutdown now", id="shutdown-args"),
+        pytest.param("show neighbor extensive", id="show-neighbor-text"),
         pytest.param("show adj-rib out extensive json", id="show-json"),
     ],
 )
@@ -294,6 +316,35 @@ SHUTDOWN = (
     '{ "exabgp": "5.0.0", "time": 1795303715.2473915, "host" : "vm", "pid" : 7230, "ppid" : 1, '
     '"type": "notification", "notification": "shutdown" }'
 )
+# Printed by ExaBGP 5.0.15 (api `negotiated;`, `send { parsed; notification; }`, `receive {
+# parsed; notification; }`) against FRR 8.4, the second with `dont-capability-negotiate`.
+NEGOTIATED = (
+    '{ "exabgp": "5.0.0", "time": 1796498751.1037428, "host" : "vm", "pid" : 12456, "ppid" : 1, "counter": 3, '
+    '"type": "negotiated", "neighbor": { "address": { "local": "10.0.1.2", "peer": "10.0.1.1" }, '
+    '"asn": { "local": 65100, "peer": 65000 }, "router-id": "10.0.1.2" , "negotiated": { "message_size": 65535, '
+    '"hold_time": 3, "asn4": true, "multisession": false, "operational": false, "refresh": "enhanced", '
+    '"families": ["ipv4 unicast", "ipv4 flow"], "nexthop": [], "add_path": {"send": [], "receive": []} }  } }'
+)
+NEGOTIATED_NOTHING = (
+    '{ "exabgp": "5.0.0", "time": 1796499108.351, "host" : "vm", "pid" : 17484, "ppid" : 1, "counter": 2, '
+    '"type": "negotiated", "neighbor": { "address": { "local": "10.0.1.2", "peer": "10.0.1.1" }, '
+    '"asn": { "local": 65100, "peer": 65000 }, "router-id": "10.0.1.2" , "negotiated": { "message_size": 4096, '
+    '"hold_time": 3, "asn4": false, "multisession": false, "operational": false, "refresh": "absent", '
+    '"families": [], "nexthop": [], "add_path": {"send": [], "receive": []} }  } }'
+)
+CEASE_SENT = (
+    '{ "exabgp": "5.0.0", "time": 1796498935.411, "host" : "vm", "pid" : 14497, "ppid" : 1, "counter": 9, '
+    '"type": "notification", "neighbor": { "address": { "local": "fd00:1::2", "peer": "fd00:1::1" }, '
+    '"asn": { "local": 65100, "peer": 65000 }, "router-id": "10.0.1.2" , "direction": "send", '
+    '"notification": { "code": 6, "subcode": 2, "data": "0x1741646D696E6973747261746976652053687574646F776E", '
+    '"message": "\\u0017Administrative Shutdown" }  } }'
+)
+BAD_AS_RECEIVED = (
+    '{ "exabgp": "5.0.0", "time": 1, "host" : "vm", "pid" : 1, "ppid" : 1, "counter": 1, '
+    '"type": "notification", "neighbor": { "address": { "local": "10.0.1.2", "peer": "10.0.1.1" }, '
+    '"asn": { "local": 65100, "peer": 65000 }, "direction": "receive", '
+    '"notification": { "code": 2, "subcode": 2, "data": "0x", "message": "" }  } }'
+)
 
 
 @pytest.mark.parametrize(
@@ -340,6 +391,31 @@ SHUTDOWN = (
             id="update",
         ),
         pytest.param("[1, 2]", Unknown("[1, 2]"), id="json-list"),
+        pytest.param(
+            NEGOTIATED, Negotiated("10.0.1.1", frozenset({"ipv4"}), route_refresh=True), id="negotiated"
+        ),
+        pytest.param(NEGOTIATED_NOTHING, Negotiated("10.0.1.1", frozenset()), id="negotiated-nothing"),
+        pytest.param(
+            CEASE_SENT, Notification("fd00:1::1", "send", 6, 2, "Administrative Shutdown"), id="cease-sent"
+        ),
+        pytest.param(BAD_AS_RECEIVED, Notification("10.0.1.1", "receive", 2, 2), id="notification-received"),
+        pytest.param(
+            NEGOTIATED.replace('"families": ["ipv4 unicast", "ipv4 flow"]', '"families": "ipv4 unicast"'),
+            Unknown(
+                NEGOTIATED.replace('"families": ["ipv4 unicast", "ipv4 flow"]', '"families": "ipv4 unicast"')
+            ),
+            id="negotiated-families-not-a-list",
+        ),
+        pytest.param(
+            CEASE_SENT.replace('"code": 6', '"code": 600'),
+            Unknown(CEASE_SENT.replace('"code": 6', '"code": 600')),
+            id="notification-code-out-of-range",
+        ),
+        pytest.param(
+            CEASE_SENT.replace('"direction": "send"', '"direction": "sideways"'),
+            Unknown(CEASE_SENT.replace('"direction": "send"', '"direction": "sideways"')),
+            id="notification-direction",
+        ),
     ],
 )
 def test_parse_line(line: str, expected: object) -> None:
@@ -348,10 +424,10 @@ def test_parse_line(line: str, expected: object) -> None:
 
 @given(st.text())
 def test_parse_line_never_raises(text: str) -> None:
-    assert isinstance(parse_line(text), Ack | NeighborEvent | Shutdown | Unknown)
+    assert isinstance(parse_line(text), codec.Message)
 
 
-@given(st.sampled_from([STATE_UP, STATE_DOWN, SHUTDOWN]), st.data())
+@given(st.sampled_from([STATE_UP, STATE_DOWN, SHUTDOWN, NEGOTIATED, CEASE_SENT]), st.data())
 def test_parse_line_survives_mangled_json(line: str, data: st.DataObject) -> None:
     chars = list(line)
     for _ in range(data.draw(st.integers(1, 5))):
@@ -362,7 +438,7 @@ def test_parse_line_survives_mangled_json(line: str, data: st.DataObject) -> Non
         else:
             new = data.draw(st.sampled_from([*'{}[]":,\\0 \x00\u2028', "null", "1e999", "[[[[", "true"]))
             chars[position : position + (action == "replace")] = [new]
-    assert isinstance(parse_line("".join(chars)), Ack | NeighborEvent | Shutdown | Unknown)
+    assert isinstance(parse_line("".join(chars)), codec.Message)
 
 
 _json = st.recursive(
@@ -376,12 +452,12 @@ _json = st.recursive(
 
 @given(
     st.fixed_dictionaries(
-        {"exabgp": _json, "type": st.sampled_from(["state", "notification"]) | _json},
+        {"exabgp": _json, "type": st.sampled_from(["state", "notification", "negotiated"]) | _json},
         optional={"neighbor": _json, "notification": _json, "answer": _json},
     )
 )
 def test_parse_line_survives_json_of_the_wrong_shape(message: dict[str, object]) -> None:
-    assert isinstance(parse_line(json.dumps(message)), Ack | NeighborEvent | Shutdown | Unknown)
+    assert isinstance(parse_line(json.dumps(message)), codec.Message)
 
 
 def test_deeply_nested_json_is_unknown() -> None:
@@ -473,3 +549,133 @@ def test_adj_rib_out_round_trips_the_encoder_attributes() -> None:
 def test_parse_adj_rib_out_never_raises(lines: list[str]) -> None:
     result = parse_adj_rib_out_detailed(lines)
     assert len(result.routes) + len(result.ignored) <= len(lines)
+
+
+# --------------------------------------------------------------------------- show neighbor json
+
+# Printed by ExaBGP 5.0.15 for `show neighbor json` (one line): an established IPv4 session,
+# an IPv6 neighbor that is connecting, and an IPv4 session established with a router whose
+# OPEN carried no capabilities (FRR `dont-capability-negotiate`).
+NEIGHBORS = json.dumps(
+    [
+        {
+            "state": "up",
+            "duration": 4,
+            "fsm": "ESTABLISHED",
+            "local": {
+                "capabilities": {"asn4": True, "route-refresh": True},
+                "families": {"ipv4 unicast": True},
+                "add-path": {"ipv4 unicast": False},
+                "address": "10.0.1.2",
+                "as": 65100,
+                "id": "10.0.1.2",
+                "hold": 3,
+            },
+            "peer": {
+                "capabilities": {"asn4": True, "route-refresh": True},
+                "families": {"ipv4 unicast": True},
+                "address": "10.0.1.1",
+                "as": 65000,
+                "id": "10.0.100.1",
+                "hold": 3,
+            },
+            "messages": {"sent": {}, "received": {}},
+            "capabilities": ["asn4", "route-refresh"],
+            "families": ["ipv4 unicast"],
+            "add-path": {"ipv4 unicast": "disabled"},
+        },
+        {
+            "state": "down",
+            "duration": 0,
+            "fsm": "CONNECT",
+            "local": {"families": {"ipv6 unicast": True}, "address": "fd00:1::2"},
+            "peer": {"families": {"ipv6 unicast": None}, "address": "fd00:1::1"},
+            "families": [],
+        },
+        {
+            "state": "up",
+            "duration": 0,
+            "fsm": "ESTABLISHED",
+            "local": {"families": {"ipv4 unicast": True, "ipv6 unicast": True}, "address": "10.0.2.2"},
+            "peer": {"families": {"ipv4 unicast": False, "ipv6 unicast": False}, "address": "10.0.2.1"},
+            "families": [],
+        },
+    ]
+)
+
+
+def test_parse_neighbors() -> None:
+    assert parse_neighbors([NEIGHBORS]) == (
+        NeighborStatus("10.0.1.1", "10.0.1.2", "ESTABLISHED", frozenset({"ipv4"}), frozenset({"ipv4"})),
+        NeighborStatus("fd00:1::1", "fd00:1::2", "CONNECT", frozenset({"ipv6"}), None),
+        NeighborStatus("10.0.2.1", "10.0.2.2", "ESTABLISHED", frozenset({"ipv4", "ipv6"}), frozenset()),
+    )
+    # "up" follows ExaBGP's whole seconds since establishment; the FSM is what counts
+    assert [n.established for n in parse_neighbors([NEIGHBORS])] == [True, False, True]
+    assert parse_neighbors(["[]"]) == ()
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param([], id="nothing"),
+        pytest.param(["please specify summary, extensive or configuration"], id="text"),
+        pytest.param(['{"fsm": "ESTABLISHED"}'], id="not-a-list"),
+        pytest.param(['[{"fsm": "ESTABLISHED"}]'], id="no-addresses"),
+        pytest.param([NEIGHBORS.replace('"10.0.1.1"', '"r1"')], id="peer-not-an-address"),
+        pytest.param([NEIGHBORS.replace('"families": ["ipv4 unicast"]', '"families": 7')], id="families"),
+        pytest.param([NEIGHBORS.replace('"fsm": "CONNECT"', '"fsm": "CONN ECT"')], id="fsm"),
+        pytest.param([NEIGHBORS[:-1]], id="truncated"),
+    ],
+)
+def test_parse_neighbors_refuses_what_exabgp_does_not_print(lines: list[str]) -> None:
+    with pytest.raises(ValueError):
+        parse_neighbors(lines)
+
+
+@given(st.lists(st.text(max_size=200), max_size=3))
+def test_parse_neighbors_raises_only_value_error(lines: list[str]) -> None:
+    try:
+        parse_neighbors(lines)
+    except ValueError:
+        pass
+
+
+def test_neighbors_by_family() -> None:
+    assert codec.neighbors_by_family(parse_neighbors([NEIGHBORS])) == {
+        4: ("10.0.1.1", "10.0.2.1"),
+        6: ("10.0.2.1", "fd00:1::1"),
+    }
+
+
+# --------------------------------------------------------------------------- neighbor selectors
+
+DUAL_STACK = {4: ("10.0.1.1", "10.0.2.1"), 6: ("fd00:1::1",)}
+
+
+def test_each_family_goes_to_its_own_neighbors_only() -> None:
+    routes = [route("198.51.100.1/32"), route("fd00:cafe::1/128"), route("198.51.100.2/32", med=5)]
+    assert encode_announce(routes, neighbors=DUAL_STACK) == [
+        "neighbor 10.0.1.1 , neighbor 10.0.2.1 announce attributes next-hop self nlri 198.51.100.1/32",
+        "neighbor 10.0.1.1 , neighbor 10.0.2.1 announce attributes next-hop self med 5 nlri 198.51.100.2/32",
+        "neighbor fd00:1::1 announce attributes next-hop self nlri fd00:cafe::1/128",
+    ]
+    assert encode_withdraw(routes, neighbors=DUAL_STACK) == [
+        "neighbor 10.0.1.1 , neighbor 10.0.2.1 withdraw attributes nlri 198.51.100.1/32 198.51.100.2/32",
+        "neighbor fd00:1::1 withdraw attributes nlri fd00:cafe::1/128",
+    ]
+
+
+def test_no_selector_when_every_neighbor_carries_the_family() -> None:
+    routes = [route("198.51.100.1/32")]
+    plain = ["announce attributes next-hop self nlri 198.51.100.1/32"]
+    assert encode_announce(routes, neighbors={4: ("10.0.1.1",)}) == plain
+    assert encode_announce(routes, neighbors={4: ("10.0.1.1", "fd00:1::1"), 6: ("fd00:1::1",)}) == plain
+    assert encode_announce(routes) == plain
+
+
+def test_a_family_no_neighbor_carries_is_refused() -> None:
+    with pytest.raises(ValueError, match="no ExaBGP neighbor carries ipv6 unicast"):
+        encode_announce([route("fd00:cafe::1/128")], neighbors={4: ("10.0.1.1",)})
+    with pytest.raises(ValueError, match="no ExaBGP neighbor carries ipv6 unicast"):
+        encode_withdraw([route("fd00:cafe::1/128")], neighbors={4: ("10.0.1.1",), 6: ()})

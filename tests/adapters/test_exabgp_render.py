@@ -82,6 +82,8 @@ for n in configuration.neighbors.values():
         "route-refresh": n["capability"]["route-refresh"],
         "processes": n.api["processes"],
         "neighbor-changes": n.api["neighbor-changes"],
+        **{k: n.api[k] for k in ("negotiated", "send-notification", "receive-notification", "receive-update",
+                                 "send-update", "receive-keepalive")},
     })
 process = configuration.processes["bgpvip"]
 print(json.dumps({"neighbors": neighbors, "run": process["run"], "encoder": process["encoder"]}))
@@ -158,9 +160,16 @@ def test_exabgp_parses_the_frr_config(tmp_path: Path) -> None:
         "router-id": "10.0.1.2",
         "md5-password": None,
         "adj-rib-out": True,
-        "route-refresh": False,
+        "route-refresh": True,
         "processes": ["bgpvip"],
         "neighbor-changes": ["bgpvip"],
+        "negotiated": ["bgpvip"],
+        "send-notification": ["bgpvip"],
+        "receive-notification": ["bgpvip"],
+        # no UPDATE or KEEPALIVE is copied to the helper
+        "receive-update": [],
+        "send-update": [],
+        "receive-keepalive": [],
     }
     assert parsed["neighbors"] == [
         {
@@ -171,7 +180,7 @@ def test_exabgp_parses_the_frr_config(tmp_path: Path) -> None:
             "peer-as": 65000,
             "hold-time": 9,
             "passive": False,
-            "listen": 0,
+            "listen": 179,
             "connect": 0,
             "outgoing-ttl": None,
             "families": ["ipv4 unicast"],
@@ -185,7 +194,7 @@ def test_exabgp_parses_the_frr_config(tmp_path: Path) -> None:
             "peer-as": 65000,
             "hold-time": 3,
             "passive": False,
-            "listen": 0,
+            "listen": 179,
             "connect": 0,
             "outgoing-ttl": None,
             "families": ["ipv4 unicast", "ipv6 unicast"],
@@ -199,7 +208,7 @@ def test_exabgp_parses_the_frr_config(tmp_path: Path) -> None:
             "peer-as": 4200000000,
             "hold-time": 9,
             "passive": False,
-            "listen": 0,
+            "listen": 179,
             "connect": 1179,
             "outgoing-ttl": 3,
             "families": ["ipv4 unicast"],
@@ -234,6 +243,32 @@ def test_exabgp_parses_the_rtx_config(tmp_path: Path, password: str) -> None:
     assert (neighbor["local-as"], neighbor["peer-as"], neighbor["hold-time"]) == (65101, 65000, 9)
     assert neighbor["families"] == ["ipv4 unicast"]
     assert neighbor["graceful-restart"] is False
+
+
+@needs_exabgp
+def test_listen_and_route_refresh_can_be_turned_off(tmp_path: Path) -> None:
+    """For a host where another daemon holds port 179, and a router that refuses route refresh."""
+    config = with_peer(RTX_CONFIG, listen=False, route_refresh=False)
+    text = render_config(
+        config, process_command=[sys.executable], local_addresses=RTX_LOCAL, passwords=RTX_PASSWORDS
+    )
+    assert "listen" not in text
+    assert "route-refresh disable;" in text
+    (neighbor,) = parsed_by_exabgp(text, tmp_path)["neighbors"]
+    assert (neighbor["listen"], neighbor["passive"], neighbor["route-refresh"]) == (0, False, False)
+
+
+def test_listening_names_the_peers_that_listen() -> None:
+    """`bgpvip run` passes the peers whose port it could bind (`listen: auto`)."""
+    everyone = render_config(frr(), process_command=GOLDEN_COMMAND, local_addresses=FRR_LOCAL)
+    assert everyone.count("listen 179;") == 4  # three peers, and the passive one's own
+    nobody = render_config(frr(), process_command=GOLDEN_COMMAND, local_addresses=FRR_LOCAL, listening=[])
+    assert nobody.count("listen 179;") == 1
+    one = render_config(
+        frr(), process_command=GOLDEN_COMMAND, local_addresses=FRR_LOCAL, listening=["fd00:1::1"]
+    )
+    assert one.count("listen 179;") == 2
+    assert "    hold-time 3;\n    listen 179;" in one
 
 
 # --------------------------------------------------------------------------- refused input

@@ -298,3 +298,109 @@ async def test_binary_streams_work_too(exabgp: FakeExaBgp) -> None:
             assert await waiting
             exabgp.close_helper_stdin()
             assert await session.event_queue.get() == Eof()
+
+
+def notification(peer: str, direction: str = "send", code: int = 6, subcode: int = 2) -> str:
+    return (
+        '{ "exabgp": "5.0.0", "time": 1.0, "host" : "vm", "pid" : 7, "ppid" : 1, "counter": 9, '
+        f'"type": "notification", "neighbor": {{ "address": {{ "local": "x", "peer": "{peer}" }}, '
+        f'"asn": {{ "local": 65100, "peer": 65000 }}, "direction": "{direction}", '
+        f'"notification": {{ "code": {code}, "subcode": {subcode}, "data": "0x", "message": "" }} }} }}'
+    )
+
+
+NEIGHBORS_JSON = (
+    '[{"state": "up", "duration": 4, "fsm": "ESTABLISHED", "local": {"families": {"ipv4 unicast": true}, '
+    '"address": "10.0.1.2"}, "peer": {"families": {"ipv4 unicast": true}, "address": "10.0.1.1"}, '
+    '"families": ["ipv4 unicast"]}, {"state": "down", "duration": 0, "fsm": "ACTIVE", "local": {"families": '
+    '{"ipv6 unicast": true}, "address": "fd00:1::2"}, "peer": {"families": {"ipv6 unicast": null}, '
+    '"address": "fd00:1::1"}, "families": []}]'
+)
+
+
+async def test_neighbor_status_reads_show_neighbor_json(exabgp: FakeExaBgp, session: ExaBgpSession) -> None:
+    task = asyncio.create_task(session.neighbor_status())
+    assert await exabgp.read_command() == "show neighbor json"
+    exabgp.write(STATE_UP, NEIGHBORS_JSON, "done")
+    statuses = await task
+    assert [(n.peer, n.fsm, n.negotiated) for n in statuses] == [
+        ("10.0.1.1", "ESTABLISHED", frozenset({"ipv4"})),
+        ("fd00:1::1", "ACTIVE", None),
+    ]
+    assert await session.event_queue.get() == NeighborEvent("10.0.1.1", "up")
+
+
+async def test_neighbor_status_that_is_not_json_is_an_error(
+    exabgp: FakeExaBgp, session: ExaBgpSession
+) -> None:
+    task = asyncio.create_task(session.neighbor_status())
+    assert await exabgp.read_command() == "show neighbor json"
+    exabgp.write("please specify summary, extensive or configuration", "done")
+    with pytest.raises(ExaBgpError, match="printed no JSON"):
+        await task
+
+
+async def test_announcements_name_the_neighbors_of_their_family(
+    exabgp: FakeExaBgp, session: ExaBgpSession
+) -> None:
+    session.neighbors = {4: ("10.0.1.1",), 6: ("fd00:1::1",)}
+    task = asyncio.create_task(session.announce([route("198.51.100.1/32"), route("fd00:cafe::1/128")]))
+    assert (
+        await exabgp.read_command()
+        == "neighbor 10.0.1.1 announce attributes next-hop self nlri 198.51.100.1/32"
+    )
+    exabgp.write("done")
+    assert await exabgp.read_command() == (
+        "neighbor fd00:1::1 announce attributes next-hop self nlri fd00:cafe::1/128"
+    )
+    exabgp.write("done")
+    assert await task is True
+
+
+async def test_cease_then_shutdown_as_soon_as_every_notification_is_out(
+    exabgp: FakeExaBgp, session: ExaBgpSession
+) -> None:
+    task = asyncio.create_task(session.cease_and_shutdown(["10.0.1.1", "fd00:1::1"], wait=5))
+    assert await exabgp.read_command() == "neighbor * teardown 2"
+    # a NOTIFICATION received, or sent to a peer not waited for, changes nothing
+    exabgp.write(
+        "done", notification("10.0.1.1", "receive"), notification("10.0.9.9"), notification("10.0.1.1")
+    )
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    exabgp.write(notification("fd00:1::1"))
+    assert await exabgp.read_command() == "shutdown"
+    assert await task is True
+    exabgp.write("shutdown in progress", "done")
+    events = [await session.event_queue.get() for _ in range(4)]
+    assert [(e.peer, e.direction) for e in events] == [  # type: ignore[union-attr]
+        ("10.0.1.1", "receive"),
+        ("10.0.9.9", "send"),
+        ("10.0.1.1", "send"),
+        ("fd00:1::1", "send"),
+    ]
+    # the ack of `shutdown` was consumed: the next command gets its own
+    nxt = asyncio.create_task(session.command("flush adj-rib out"))
+    assert await exabgp.read_command() == "flush adj-rib out"
+    exabgp.write("error")
+    assert await nxt is False
+
+
+async def test_cease_with_no_session_up_stops_exabgp_at_once(
+    exabgp: FakeExaBgp, session: ExaBgpSession
+) -> None:
+    task = asyncio.create_task(session.cease_and_shutdown([], wait=5))
+    assert await exabgp.read_command() == "neighbor * teardown 2"
+    exabgp.write("done")
+    assert await exabgp.read_command() == "shutdown"
+    assert await task is True
+
+
+async def test_cease_stops_exabgp_after_the_wait_when_a_notification_never_comes(
+    exabgp: FakeExaBgp, session: ExaBgpSession
+) -> None:
+    task = asyncio.create_task(session.cease_and_shutdown(["10.0.1.1"], wait=0.2))
+    assert await exabgp.read_command() == "neighbor * teardown 2"
+    exabgp.write("done")
+    assert await exabgp.read_command() == "shutdown"
+    assert await task is False

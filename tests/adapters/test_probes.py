@@ -547,6 +547,15 @@ async def test_kube_apiserver_check_readyz(http_server: Any, probes: Any, pki: P
     assert server.requests == ["GET /readyz HTTP/1.1"]
 
 
+async def test_kube_apiserver_check_sends_its_exclusions(http_server: Any, probes: Any, pki: Pki) -> None:
+    server = await http_server(ssl_context=server_tls(pki))
+    check = KubeApiserverCheck(
+        type="kube-apiserver", port=server.port, ca_file=pki.ca, exclude=("etcd", "etcd-readiness")
+    )
+    assert (await probes(make_probe(check)).run()).ok
+    assert server.requests == ["GET /readyz?exclude=etcd&exclude=etcd-readiness HTTP/1.1"]
+
+
 # --------------------------------------------------------------------------- noticing death
 
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import yaml
 
-from bgpvip.adapters.kube import EventRecorder, KubeClient, KubeWatcher, ObjectRef
+from bgpvip.adapters.kube import Credentials, EventRecorder, KubeClient, KubeWatcher, ObjectRef
 from bgpvip.controller import Controller, ControllerOptions
-from tests.adapters.test_controller import CONFIG, LEASE, eventually, ingress, service
 from tests.adapters.test_kube import endpoint_slice, node, until
+from tests.controller.faketime import CountingClient, FakeTime, eventually
+from tests.controller.helpers import CONFIG, ingress, service
 from tests.kubeapi import FakeKubeAPI
 
 K8S = Path(__file__).resolve().parents[2] / "k8s"
@@ -55,11 +56,13 @@ async def test_the_speaker_uses_exactly_what_its_clusterrole_grants(
     assert used(api) == grants(K8S / "speaker" / "rbac.yaml", ("ClusterRole",))
 
 
-async def test_the_controller_uses_exactly_what_its_roles_grant(api: FakeKubeAPI, kube: KubeClient) -> None:
+async def test_the_controller_uses_exactly_what_its_roles_grant(api: FakeKubeAPI) -> None:
     api.put("services", service("web"))
     api.put("services", service("outside", annotations={"bgpvip.io/loadBalancerIPs": "192.0.2.77"}))
-    options = ControllerOptions(identity="a", namespace="bgpvip-system", port=0, **LEASE)
-    controller = Controller(CONFIG, kube, options)
+    kube = CountingClient(Credentials.static(api.connection()))
+    ft = FakeTime(busy=lambda: kube.in_flight > 0)
+    options = ControllerOptions(identity="a", namespace="bgpvip-system", port=0)
+    controller = Controller(CONFIG, kube, options, clock=ft.clock)
     controller.recorder.patch_interval = 0
     task = asyncio.create_task(controller.run())
     await eventually(lambda: ingress(api, "web"), what="a status written")
@@ -67,8 +70,9 @@ async def test_the_controller_uses_exactly_what_its_roles_grant(api: FakeKubeAPI
     controller.recorder.record(ObjectRef("default", "outside"), "Warning", "Again", "x")
     controller.recorder.record(ObjectRef("default", "outside"), "Warning", "Again", "x")
     await eventually(lambda: controller.recorder.stats.patched >= 1, what="an Event count patched")
-    await eventually(lambda: controller.elector.stats.renewed >= 1, what="a Lease renewal")
+    await ft.until(lambda: controller.elector.stats.renewed >= 1, within=options.renew_interval)
     controller.stop()
     await asyncio.wait_for(task, 10)
+    await kube.aclose()
     granted = grants(K8S / "controller" / "rbac.yaml", ("ClusterRole", "Role"))
     assert used(api) == granted

@@ -89,20 +89,24 @@ def shown(board: StatusBoard) -> tuple[str, str, Any]:
 async def test_a_failing_checks_new_error_replaces_the_old_one() -> None:
     async with loop() as (rec, board):
         await probe(rec, False, MISSING_CA)
-        assert shown(board) == ("checkFailing", f"checks[0] (kube-apiserver): {MISSING_CA}", MISSING_CA)
+        assert shown(board) == (
+            "checkFailing",
+            f"checks[0] (kube-apiserver /readyz): {MISSING_CA}",
+            MISSING_CA,
+        )
         await probe(rec, False, "HTTP 403")  # kubeadm wrote the CA; the apiserver is starting
-        assert shown(board) == ("checkFailing", "checks[0] (kube-apiserver): HTTP 403", "HTTP 403")
+        assert shown(board) == ("checkFailing", "checks[0] (kube-apiserver /readyz): HTTP 403", "HTTP 403")
         await probe(rec, False, "HTTP 500")
-        assert shown(board) == ("checkFailing", "checks[0] (kube-apiserver): HTTP 500", "HTTP 500")
+        assert shown(board) == ("checkFailing", "checks[0] (kube-apiserver /readyz): HTTP 500", "HTTP 500")
 
 
 async def test_rising_progress_is_shown_as_it_happens() -> None:
     async with loop() as (rec, board):
         await probe(rec, False, "HTTP 500")
         await probe(rec, True, "HTTP 200")
-        assert shown(board)[:2] == ("checkPending", "checks[0] (kube-apiserver): 1/3 successes")
+        assert shown(board)[:2] == ("checkPending", "checks[0] (kube-apiserver /readyz): 1/3 successes")
         await probe(rec, True, "HTTP 200")
-        assert shown(board)[:2] == ("checkPending", "checks[0] (kube-apiserver): 2/3 successes")
+        assert shown(board)[:2] == ("checkPending", "checks[0] (kube-apiserver /readyz): 2/3 successes")
         await probe(rec, True, "HTTP 200")
         assert shown(board)[0] == Reason.HEALTHY.value
 

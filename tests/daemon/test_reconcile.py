@@ -18,7 +18,7 @@ from bgpvip.cli import render_routes_table
 from bgpvip.core import health as healthmod
 from bgpvip.core.config import CheckKey, Config, load
 from bgpvip.core.desired import vip_route
-from bgpvip.core.model import Applied, ProbeResult, Reason, Route, host_network
+from bgpvip.core.model import Applied, Attributes, ProbeResult, Reason, Route, host_network
 from bgpvip.reconcile import (
     ConfigChanged,
     DrainChanged,
@@ -687,3 +687,61 @@ async def test_a_check_added_to_an_announced_vip_starts_up_like_after_a_restart(
         three = [*two, {"type": "tcp", "port": 2380}]
         await h.send(ConfigChanged(make_config(vips=vips_doc(three))))
         assert h.rec.world.health[CheckKey("api", 2)].state == healthmod.State.INIT
+
+
+# ---------------------------------------------------------------------------- lower-preference checks
+
+SOFT_API = [
+    {"type": "tcp", "port": 6443, "rise": 2, "fall": 2},
+    {"type": "tcp", "port": 2379, "rise": 2, "fall": 2, "on_failure": "lower-preference"},
+]
+ETCD = CheckKey("api", 1)
+
+
+def api_route(h: Harness) -> Route:
+    return next(r for p, r in h.exa.rib.items() if str(p.network_address) == VIP)
+
+
+async def test_a_failing_lower_preference_check_re_announces_with_a_penalty_and_never_withdraws() -> None:
+    async with Harness(make_config(vips=vips_doc(SOFT_API))) as h:
+        await h.send(*[ProbeDone(k, ok()) for k in (API, ETCD, API, ETCD)])
+        assert api_route(h).attributes.med == 0, "a VIP with a MED penalty always carries a MED"
+        before = len(h.exa.log)
+        await h.send(
+            ProbeDone(ETCD, fail("HTTP 500", broken=False)), ProbeDone(ETCD, fail("HTTP 500", False))
+        )
+        assert [v for v, _ in h.exa.log[before:]] == ["announce"], "replaced in place, not withdrawn"
+        assert api_route(h).attributes.med == 1000
+        assert VIP in h.addresses() and h.rec.held == {}
+        d = next(d for d in h.rec.desired.decisions if str(d.address) == VIP)
+        assert (d.announce, d.reason) == (True, Reason.DEGRADED)
+        assert d.detail == "announced with lower preference (MED +1000): checks[1] (tcp): HTTP 500"
+        # a server killed behind the lower-preference check changes nothing more
+        await h.send(ProbeDone(ETCD, fail()))
+        assert [v for v, _ in h.exa.log[before:]] == ["announce"]
+        await h.send(ProbeDone(ETCD, ok()), ProbeDone(ETCD, ok()))
+        assert [v for v, _ in h.exa.log[before:]] == ["announce", "announce"]
+        assert api_route(h).attributes.med == 0
+        assert "withdraw" not in h.exa.verbs()
+        # the withdraw check still withdraws
+        await h.send(ProbeDone(API, fail()), ProbeDone(API, fail()))
+        assert VIP not in h.announced()
+
+
+@pytest.mark.parametrize(("med", "soft_state"), [(1000, healthmod.State.INIT), (0, healthmod.State.UP)])
+async def test_a_restart_keeps_a_penalised_route_penalised_until_its_checks_pass(
+    med: int, soft_state: healthmod.State
+) -> None:
+    """A restarted helper finds the route in ExaBGP: with a penalty, its lower-preference checks
+    start over (the route keeps its penalty until they rise), without one they start UP."""
+    cfg = make_config(vips=vips_doc(SOFT_API))
+    existing = {Route(prefix=host_network(VIP), attributes=Attributes(med=med))}
+    owned = {("lo", ipaddress.ip_interface(f"{VIP}/32"))}
+    async with Harness(cfg, existing=existing, owned=owned) as h:
+        assert h.rec.world.health[API].state == healthmod.State.UP
+        assert h.rec.world.health[ETCD].state == soft_state
+        assert h.exa.log == [], "nothing to change: the route stays as ExaBGP has it"
+        assert api_route(h).attributes.med == med
+        await h.send(ProbeDone(ETCD, ok()), ProbeDone(ETCD, ok()))
+        assert api_route(h).attributes.med == 0
+        assert "withdraw" not in h.exa.verbs()

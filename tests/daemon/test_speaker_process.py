@@ -12,9 +12,11 @@ import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 
 from bgpvip.launcher.prepare import speaker_command
+from bgpvip.runfiles import STOP_MARKER
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,8 +111,27 @@ def cli_argv(config: Path) -> list[str]:
     return [sys.executable, "-m", "bgpvip", "speaker", "--config", str(config)]
 
 
-def handshake_and_announce(exa: FakeExaBgpPipes) -> str:
+def neighbors_json(fsm: str = "ESTABLISHED", families: tuple[str, ...] = ("ipv4 unicast",)) -> str:
+    """ExaBGP 5.0.15's `show neighbor json` for the one peer of `config_doc` (trimmed)."""
+    return json.dumps(
+        [
+            {
+                "state": "up" if fsm == "ESTABLISHED" else "down",
+                "fsm": fsm,
+                "local": {"families": {"ipv4 unicast": True}, "address": "192.0.2.2"},
+                "peer": {"families": {"ipv4 unicast": fsm == "ESTABLISHED"}, "address": "192.0.2.1"},
+                "families": list(families) if fsm == "ESTABLISHED" else [],
+            }
+        ]
+    )
+
+
+def handshake_and_announce(exa: FakeExaBgpPipes, neighbors: str | None = None) -> str:
+    """What a speaker asks ExaBGP when it starts, then its first announcement."""
     assert exa.read_line() == "show adj-rib out extensive"
+    exa.send("done")
+    assert exa.read_line() == "show neighbor json"
+    exa.send(neighbors or neighbors_json())
     exa.send("done")
     line = exa.read_line()
     exa.send("done")
@@ -298,3 +320,143 @@ def test_exits_when_its_parent_changes(tmp_path: Path) -> None:
     finally:
         assert parent.stdin is not None
         parent.stdin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def get(port: int, path: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+                body: str = answer.read().decode()
+                return body
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def wait_status(port: int, cond: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = json.loads(get(port, "/status"))
+        if (status["decisions"] and cond(status)) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
+
+
+def test_a_respawned_speaker_knows_the_sessions_from_exabgp(tmp_path: Path) -> None:
+    """ExaBGP restarts its helper while the session stays up: no `up` event will come, so the
+    new speaker asks (`show neighbor json`); the peer must not read `unknown`, nor vanish from
+    the metrics."""
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps(config_doc(tmp_path, status={"enabled": True, "port": port})))
+    exa = FakeExaBgpPipes(speaker_argv(cfg))
+    try:
+        handshake_and_announce(exa)
+        status = wait_status(port, lambda s: s["decisions"][0]["announced"])
+        (peer,) = status["peers"]
+        assert (peer["state"], peer["families_negotiated"], peer["reason"]) == ("up", ["ipv4"], "")
+        decision = status["decisions"][0]
+        assert (decision["announced"], decision["reason"]) == (True, "healthy")
+        metrics = get(port, "/metrics")
+        assert 'bgpvip_peer_up{peer="192.0.2.1"} 1.0' in metrics
+        assert 'bgpvip_vip_announced{address="198.51.100.10",vip="web"} 1.0' in metrics
+    finally:
+        exa.close()
+
+
+def test_a_session_up_without_the_family_is_no_announcement(tmp_path: Path) -> None:
+    """A router whose OPEN had no capabilities: the session is established, ExaBGP settles on
+    no family and sends nothing. bgpvip must say so, not claim the route is announced."""
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps(config_doc(tmp_path, status={"enabled": True, "port": port})))
+    exa = FakeExaBgpPipes(speaker_argv(cfg))
+    try:
+        handshake_and_announce(exa, neighbors_json(families=()))
+        status = wait_status(port, lambda s: s["decisions"][0]["reason"] != "checkPending")
+        decision = status["decisions"][0]
+        assert (decision["announce"], decision["announced"], decision["reason"]) == (
+            True,
+            False,
+            "familyNotNegotiated",
+        )
+        assert "192.0.2.1 up without ipv4 unicast" in decision["detail"]
+        (peer,) = status["peers"]
+        assert peer["state"] == "up"
+        assert peer["reason"].startswith("up without ipv4 unicast")
+        metrics = get(port, "/metrics")
+        assert 'bgpvip_peer_up{peer="192.0.2.1"} 0.0' in metrics
+        assert 'bgpvip_peer_established{peer="192.0.2.1"} 1.0' in metrics
+        assert 'bgpvip_peer_family_up{family="ipv4",peer="192.0.2.1"} 0.0' in metrics
+        assert 'bgpvip_vip_announced{address="198.51.100.10",vip="web"} 0.0' in metrics
+        # the session comes back with the family: now it is announced
+        exa.send(
+            '{"exabgp": "5.0.0", "type": "state", "neighbor": {"address": {"peer": "192.0.2.1"}, '
+            '"state": "down", "reason": "notification received (6,4)"}}'
+        )
+        exa.send(
+            '{"exabgp": "5.0.0", "type": "negotiated", "neighbor": {"address": {"peer": "192.0.2.1"}, '
+            '"negotiated": {"families": ["ipv4 unicast"], "refresh": "normal"}}}'
+        )
+        exa.send(
+            '{"exabgp": "5.0.0", "type": "state", "neighbor": {"address": {"peer": "192.0.2.1"}, "state": "up"}}'
+        )
+        status = wait_status(port, lambda s: s["decisions"][0]["announced"])
+        assert status["decisions"][0]["reason"] == "healthy"
+        assert 'bgpvip_peer_up{peer="192.0.2.1"} 1.0' in get(port, "/metrics")
+    finally:
+        exa.close()
+
+
+def test_stop_by_bgpvip_run_ends_the_sessions_with_cease(tmp_path: Path) -> None:
+    """`bgpvip run` leaves its stop marker and sends SIGTERM: withdraw, wait, then Cease to the
+    established peers, and `shutdown` to ExaBGP as soon as ExaBGP reports it sent."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps(config_doc(tmp_path)))
+    exa = FakeExaBgpPipes(speaker_argv(cfg))
+    try:
+        handshake_and_announce(exa)
+        (tmp_path / "run" / STOP_MARKER).touch()
+        exa.proc.terminate()
+        assert exa.read_line() == f"withdraw attributes nlri {VIP}/32"
+        exa.send("done")
+        assert exa.read_line() == "neighbor * teardown 2"
+        exa.send("done")
+        exa.send(
+            '{"exabgp": "5.0.0", "type": "notification", "neighbor": {"address": {"peer": "192.0.2.1"}, '
+            '"direction": "send", "notification": {"code": 6, "subcode": 2, "data": "0x", "message": ""}}}'
+        )
+        assert exa.read_line() == "shutdown"
+        exa.send("shutdown in progress")
+        exa.send("done")
+        assert exa.proc.wait(timeout=10) == 0
+        log = exa.stderr()
+        assert "event=cease peers=192.0.2.1 notified=True" in log
+        assert log.index("event=withdraw") < log.index("event=stop-wait") < log.index("event=cease")
+    finally:
+        exa.close()
+
+
+def test_a_stop_without_bgpvip_run_leaves_the_sessions_to_exabgp(tmp_path: Path) -> None:
+    """SIGTERM to the speaker alone (ExaBGP respawns it): withdraw, but no Cease."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps(config_doc(tmp_path)))
+    exa = FakeExaBgpPipes(speaker_argv(cfg))
+    try:
+        handshake_and_announce(exa)
+        exa.proc.terminate()
+        assert exa.read_line() == f"withdraw attributes nlri {VIP}/32"
+        exa.send("done")
+        assert exa.proc.wait(timeout=10) == 0
+        assert "event=cease" not in exa.stderr()
+    finally:
+        exa.close()

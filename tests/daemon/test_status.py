@@ -10,9 +10,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from bgpvip.cli import render_routes_table
-from bgpvip.core.config import load
+from bgpvip.core.config import CheckKey, load
 from bgpvip.core.desired import NodeState, compute
-from bgpvip.core.model import Applied
+from bgpvip.core.health import Health, State
+from bgpvip.core.model import Applied, ProbeResult
 from bgpvip.core.services import ServiceDecisions
 from bgpvip.reconcile import World
 from bgpvip.status import StatusBoard
@@ -88,6 +89,43 @@ def test_per_reason_gauges_are_computed_when_scraped() -> None:
     assert 'reason="hasEndpoints"' not in body
 
 
+def test_every_configured_peer_has_its_gauges_and_up_means_carrying_its_families() -> None:
+    from bgpvip.core.peers import PeerStatus
+
+    config = load(
+        {
+            "bgp": {
+                "local_as": 65100,
+                "router_id": "10.0.1.2",
+                "peers": [
+                    {"address": "10.0.1.1", "peer_as": 65000},
+                    {"address": "fd00:1::1", "peer_as": 65000, "families": ["ipv4", "ipv6"]},
+                ],
+            }
+        }
+    )
+    board = StatusBoard("n1")
+    board.reconciled(World(config=config), compute(config, {}, NodeState()), Applied(), 0.001)
+    body = board.metrics()[2].decode()
+    assert 'bgpvip_peer_up{peer="10.0.1.1"} 0.0' in body, "known or not, a configured peer has a gauge"
+    assert 'bgpvip_peer_up{peer="fd00:1::1"} 0.0' in body
+
+    peers = {
+        "10.0.1.1": PeerStatus(state="up", families=frozenset({"ipv4"})),
+        "fd00:1::1": PeerStatus(state="up", families=frozenset({"ipv6"})),
+    }
+    board.reconciled(World(config=config, peers=peers), compute(config, {}, NodeState()), Applied(), 0.001)
+    body = board.metrics()[2].decode()
+    assert 'bgpvip_peer_up{peer="10.0.1.1"} 1.0' in body
+    assert 'bgpvip_peer_up{peer="fd00:1::1"} 0.0' in body, "up without ipv4 is not up"
+    assert 'bgpvip_peer_established{peer="fd00:1::1"} 1.0' in body
+    assert 'bgpvip_peer_family_up{family="ipv4",peer="fd00:1::1"} 0.0' in body
+    assert 'bgpvip_peer_family_up{family="ipv6",peer="fd00:1::1"} 1.0' in body
+    (_, v6) = board.snapshot()["peers"]
+    assert (v6["state"], v6["families_negotiated"], v6["carries_every_family"]) == ("up", ["ipv6"], False)
+    assert v6["reason"] == "up without ipv4 unicast: the router's OPEN did not offer it"
+
+
 @pytest.mark.parametrize(
     ("vip", "shown"),
     [({"as_path_prepend": 2}, "prepend=2"), ({"as_path_prepend": 1}, "prepend=1"), ({}, "-")],
@@ -110,3 +148,50 @@ def test_routes_table_shows_the_configured_prepend_count(vip: dict[str, Any], sh
         assert decision["attributes"]["as_path"] == [65100] * (vip["as_path_prepend"] + 1)
     line = render_routes_table(board.snapshot()).splitlines()[2]
     assert line.split()[5] == shown
+
+
+def test_a_degraded_vip_shows_in_status_metrics_and_the_routes_table() -> None:
+    config = load(
+        {
+            "bgp": {"local_as": 65100, "peers": [{"address": "10.0.1.1", "peer_as": 65000}]},
+            "vips": [
+                {
+                    "name": "api",
+                    "address": "198.51.100.10",
+                    "checks": [
+                        {"type": "kube-apiserver", "exclude": ["etcd"]},
+                        {"type": "kube-apiserver", "on_failure": "lower-preference"},
+                    ],
+                }
+            ],
+        }
+    )
+    up = Health(state=State.UP)
+    down = Health(state=State.DOWN, last_failure=ProbeResult(ok=False, detail="HTTP 500"))
+    board = StatusBoard("n1")
+    world = World(config=config, health={CheckKey("api", 0): up, CheckKey("api", 1): down})
+    desired = compute(config, world.health, NodeState())
+    board.reconciled(world, desired, Applied(desired.routes, frozenset()), 0.001)
+    snap = board.snapshot()
+    (d,) = snap["decisions"]
+    assert (d["announced"], d["reason"], d["attributes"]["med"]) == (True, "degraded", 1000)
+    assert (
+        d["detail"]
+        == "announced with lower preference (MED +1000): checks[1] (kube-apiserver /readyz): HTTP 500"
+    )
+    assert [c["on_failure"] for c in snap["checks"]] == ["withdraw", "lower-preference"]
+    body = board.metrics()[2].decode()
+    assert 'bgpvip_vip_degraded{address="198.51.100.10",vip="api"} 1.0' in body
+    assert 'bgpvip_vip_announced{address="198.51.100.10",vip="api"} 1.0' in body
+    assert 'bgpvip_addresses{announced="true",kind="vip",reason="degraded"} 1.0' in body
+    line = render_routes_table(snap).splitlines()[2]
+    assert (
+        "degraded" in line and "med=1000" in line and "checks[1] (kube-apiserver /readyz): HTTP 500" in line
+    )
+    # the etcd check passes again: full preference, and the gauge says so
+    world = World(config=config, health={CheckKey("api", 0): up, CheckKey("api", 1): up})
+    desired = compute(config, world.health, NodeState())
+    board.reconciled(world, desired, Applied(desired.routes, frozenset()), 0.001)
+    body = board.metrics()[2].decode()
+    assert 'bgpvip_vip_degraded{address="198.51.100.10",vip="api"} 0.0' in body
+    assert board.snapshot()["decisions"][0]["attributes"]["med"] == 0

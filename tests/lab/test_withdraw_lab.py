@@ -7,7 +7,7 @@ connections from one client spread over every next hop; the nodes forward
 dropped the VIP loops back to r1 instead of being answered.
 
 - A new-connection client loop through the VIP loses nothing over repeated health-check
-  withdrawals and over repeated graceful server stops (503 while still serving, then gone);
+  withdrawals and over repeated graceful server stops (500 while still serving, then gone);
   a killed server's address is dropped with the withdraw.
 - Editing a check on every node at once (a reload) keeps every next hop.
 - Established connections: how many break when a node leaves or joins, with ECMP and with
@@ -347,7 +347,8 @@ def graceful_stops(lab: nslab.Lab, rounds: int, *, kill: bool = False) -> NewCon
 def test_graceful_server_stops_lose_no_new_connection(
     routed: nslab.Lab, speakers: Callable[..., list[Speaker]]
 ) -> None:
-    """kube-apiserver's graceful stop: /readyz 503 while serving for a few seconds, then gone."""
+    """kube-apiserver's graceful stop: /readyz 500 (its shutdown check fails) while serving for a
+    few seconds, then gone."""
     started = speakers([api_vip()])
     client = graceful_stops(routed, rounds=4)
     print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import typing
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -44,6 +46,8 @@ FULL: dict[str, Any] = {
                 "graceful_restart": 120,
                 "port": 1179,
                 "bfd": {"transmit_interval_ms": 200, "receive_interval_ms": 300, "detect_multiplier": 4},
+                "listen": False,
+                "route_refresh": False,
             },
             {"address": "2001:db8::1", "peer_as": 65000, "families": ["ipv6"]},
         ],
@@ -71,6 +75,10 @@ FULL: dict[str, Any] = {
                     "insecure": False,
                     "client_cert": "/etc/kubernetes/pki/bgpvip-probe.crt",
                     "client_key": "/etc/kubernetes/pki/bgpvip-probe.key",
+                    "exclude": ["etcd", "etcd-readiness"],
+                    "on_failure": "lower-preference",
+                    "med_penalty": 500,
+                    "prepend_penalty": 3,
                     "interval": 0.5,
                     "fast_interval": 0.05,
                     "timeout": 2.0,
@@ -88,6 +96,9 @@ FULL: dict[str, Any] = {
                     "insecure": False,
                     "client_cert": "/etc/ssl/client.pem",
                     "client_key": "/etc/ssl/client.key",
+                    "on_failure": "lower-preference",
+                    "med_penalty": 100,
+                    "prepend_penalty": 0,
                     "interval": 0.2,
                     "fast_interval": 0.03,
                     "timeout": 0.5,
@@ -98,6 +109,9 @@ FULL: dict[str, Any] = {
                 {
                     "type": "exec",
                     "command": ["/usr/local/bin/check-db", "--quick"],
+                    "on_failure": "lower-preference",
+                    "med_penalty": 0,
+                    "prepend_penalty": 2,
                     "interval": 5.0,
                     "fast_interval": 0.5,
                     "timeout": 3.0,
@@ -195,6 +209,8 @@ DEFAULTS = [
     ("peer.passive", lambda c: c.bgp.peers[0].passive, False),
     ("peer.graceful_restart", lambda c: c.bgp.peers[0].graceful_restart, None),
     ("peer.port", lambda c: c.bgp.peers[0].port, 179),
+    ("peer.listen", lambda c: c.bgp.peers[0].listen, "auto"),
+    ("peer.route_refresh", lambda c: c.bgp.peers[0].route_refresh, True),
     ("kubernetes.enabled", lambda c: c.kubernetes.enabled, False),
     ("kubernetes.kubeconfig", lambda c: c.kubernetes.kubeconfig, None),
     ("kubernetes.load_balancer_class", lambda c: c.kubernetes.load_balancer_class, "bgpvip.io/bgp"),
@@ -330,6 +346,7 @@ def test_full_config_loads_every_field() -> None:
     )
     assert (p.passive, p.graceful_restart, p.port) == (True, 120, 1179)
     assert p.bfd is not None and (p.bfd.transmit_interval_ms, p.bfd.detect_multiplier) == (200, 4)
+    assert (p.listen, p.route_refresh) == (False, False)
     assert c.bgp.peers[1].label == "2001:db8::1"
     v = c.vips[0]
     assert (v.label, v.interface, v.require, v.priority) == ("kube-api", "dummy0", "any", 200)
@@ -338,6 +355,10 @@ def test_full_config_loads_every_field() -> None:
     kube, web, db, script = v.checks
     assert isinstance(kube, cfg.KubeApiserverCheck)
     assert (kube.host, kube.port, kube.path, kube.rise, kube.fall) == ("::1", 16443, "/livez", 4, 3)
+    assert kube.exclude == ("etcd", "etcd-readiness")
+    assert (kube.on_failure, kube.med_penalty, kube.prepend_penalty) == ("lower-preference", 500, 3)
+    assert cfg.failure_penalty(c, kube) == cfg.Penalty(med=500, prepend=3)
+    assert kube.as_http().url == "https://[::1]:16443/livez?exclude=etcd&exclude=etcd-readiness"
     assert isinstance(web, cfg.HttpCheck)
     assert (web.method, web.expect_status, web.headers) == ("HEAD", (200, 204), {"Host": "api.example"})
     assert (web.client_cert, web.client_key) == (Path("/etc/ssl/client.pem"), Path("/etc/ssl/client.key"))
@@ -347,6 +368,8 @@ def test_full_config_loads_every_field() -> None:
     )
     assert isinstance(db, cfg.TcpCheck)
     assert (db.host, db.port, db.interval) == ("127.0.0.2", 5432, 0.3)
+    assert (db.on_failure, cfg.failure_penalty(c, db)) == ("withdraw", cfg.NO_PENALTY)
+    assert cfg.failure_penalty(c, script) == cfg.Penalty(prepend=2)
     assert isinstance(script, cfg.ExecCheck)
     assert script.command == ("/usr/local/bin/check-db", "--quick")
     assert c.vips[1].address == IPv6Address("2001:db8:cafe::10")
@@ -392,12 +415,61 @@ def test_kube_apiserver_as_http_uses_kubeadm_ca_and_server_name() -> None:
             "https://127.0.0.1:16443/livez?verbose",
             Path("/etc/kubernetes/pki/ca.crt"),
         ),
+        (
+            {"exclude": ["etcd", "etcd-readiness"]},
+            "https://127.0.0.1:6443/readyz?exclude=etcd&exclude=etcd-readiness",
+            Path("/etc/kubernetes/pki/ca.crt"),
+        ),
+        (
+            {"path": "/readyz?verbose", "exclude": ["poststarthook/rbac/bootstrap-roles"]},
+            "https://127.0.0.1:6443/readyz?verbose&exclude=poststarthook/rbac/bootstrap-roles",
+            Path("/etc/kubernetes/pki/ca.crt"),
+        ),
     ],
-    ids=["ipv6-host-bracketed", "insecure-drops-ca", "port-and-path"],
+    ids=["ipv6-host-bracketed", "insecure-drops-ca", "port-and-path", "exclude", "exclude-after-a-query"],
 )
 def test_kube_apiserver_as_http_variants(extra: dict[str, Any], url: str, ca_file: Path | None) -> None:
     h = cfg.KubeApiserverCheck(type="kube-apiserver", **extra).as_http()
     assert (h.url, h.ca_file) == (url, ca_file)
+
+
+@pytest.mark.parametrize(
+    ("top", "check", "penalty"),
+    [
+        ({}, {}, cfg.Penalty(med=cfg.DEFAULT_MED_PENALTY)),
+        ({"priority_attribute": "as-path"}, {}, cfg.Penalty(prepend=cfg.DEFAULT_PREPEND_PENALTY)),
+        ({}, {"med_penalty": 70}, cfg.Penalty(med=70)),
+        ({}, {"prepend_penalty": 2}, cfg.Penalty(prepend=2)),
+        ({"priority_attribute": "as-path"}, {"med_penalty": 5}, cfg.Penalty(med=5)),
+        ({}, {"med_penalty": 0, "prepend_penalty": 1}, cfg.Penalty(prepend=1)),
+        ({}, {"med_penalty": 9, "prepend_penalty": 1}, cfg.Penalty(med=9, prepend=1)),
+    ],
+    ids=[
+        "default-med",
+        "default-as-path",
+        "med-only",
+        "prepend-only",
+        "med-in-as-path-mode",
+        "zero-med",
+        "both",
+    ],
+)
+def test_failure_penalty(top: dict[str, Any], check: dict[str, Any], penalty: cfg.Penalty) -> None:
+    c = load(with_(MINIMAL, **top, vips=[vip(checks=[tcp(on_failure="lower-preference", **check), tcp()])]))
+    soft, hard = c.vips[0].checks
+    assert cfg.failure_penalty(c, soft) == penalty
+    assert cfg.failure_penalty(c, hard) == cfg.NO_PENALTY
+
+
+def test_a_vip_whose_checks_all_lower_preference_loads() -> None:
+    c = load(with_(MINIMAL, vips=[vip(checks=[tcp(on_failure="lower-preference")], require="any")]))
+    assert [ch.on_failure for ch in c.vips[0].checks] == ["lower-preference"]
+
+
+def test_the_largest_med_with_every_penalty_loads() -> None:
+    checks = [tcp(on_failure="lower-preference", med_penalty=1000)] * 2
+    assert load(with_(MINIMAL, vips=[vip(med=4294967295 - 2000, checks=checks)]))
+    assert problems_of(with_(MINIMAL, vips=[vip(med=4294967295 - 1999, checks=checks)]))
 
 
 @pytest.mark.parametrize(
@@ -570,6 +642,21 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("kube-client-cert-without-key", {"vips": [vip(checks=[{"type": "kube-apiserver", "client_cert": "/c.pem"}])]}, "vips[0].checks[0]", "client_cert and client_key go together"),
     ("exabgp-executable-empty", {"exabgp": {"executable": ""}}, "exabgp.executable", "at least 1 character"),
     ("vips-not-a-list", {"vips": {"address": "198.51.100.1"}}, "vips", "valid tuple"),
+    ("on-failure-unknown", {"vips": [vip(checks=[tcp(on_failure="ignore")])]}, "vips[0].checks[0].on_failure", "'withdraw' or 'lower-preference'"),
+    ("on-failure-yaml-true", {"vips": [vip(checks=[tcp(on_failure=True)])]}, "vips[0].checks[0].on_failure", "'withdraw' or 'lower-preference'"),
+    ("med-penalty-on-a-withdraw-check", {"vips": [vip(checks=[tcp(med_penalty=100)])]}, "vips[0].checks[0].med_penalty", "applies only with on_failure: lower-preference"),
+    ("prepend-penalty-on-a-withdraw-check", {"vips": [vip(checks=[http(on_failure="withdraw", prepend_penalty=1)])]}, "vips[0].checks[0].prepend_penalty", "applies only with on_failure: lower-preference"),
+    ("penalties-both-zero", {"vips": [vip(checks=[tcp(on_failure="lower-preference", med_penalty=0, prepend_penalty=0)])]}, "vips[0].checks[0]", "needs med_penalty or prepend_penalty above 0"),
+    ("med-penalty-zero-alone", {"vips": [vip(checks=[tcp(on_failure="lower-preference", med_penalty=0)])]}, "vips[0].checks[0]", "with both 0 a failing check changes nothing"),
+    ("med-penalty-negative", {"vips": [vip(checks=[tcp(on_failure="lower-preference", med_penalty=-1)])]}, "vips[0].checks[0].med_penalty", "must be >= 0"),
+    ("med-penalty-too-big", {"vips": [vip(checks=[tcp(on_failure="lower-preference", med_penalty=2**32)])]}, "vips[0].checks[0].med_penalty", "must be <= 4294967295"),
+    ("prepend-penalty-too-many", {"vips": [vip(checks=[tcp(on_failure="lower-preference", prepend_penalty=17)])]}, "vips[0].checks[0].prepend_penalty", "must be <= 16"),
+    ("med-penalty-overflows-the-med", {"vips": [vip(med=4294967000, checks=[tcp(on_failure="lower-preference")])]}, "vips[0].checks", "the MED would be 4294968000, over 4294967295"),
+    ("med-penalties-add-past-the-max", {"vips": [vip(checks=[tcp(on_failure="lower-preference", med_penalty=2**31), http(on_failure="lower-preference", med_penalty=2**31)])]}, "vips[0].checks", "would be 4294967296"),
+    ("prepend-penalty-needs-one-local-as", {"bgp": {"local_as": 65001, "peers": [{"address": "192.0.2.1", "peer_as": 65000, "local_as": 65002}]}, "vips": [vip(checks=[tcp(on_failure="lower-preference", prepend_penalty=1)])]}, "bgp.peers[0].local_as", "differs from bgp.local_as"),
+    ("kube-exclude-query-text", {"vips": [vip(checks=[{"type": "kube-apiserver", "exclude": ["etcd&verbose"]}])]}, "vips[0].checks[0].exclude", "'etcd&verbose' is not a kube-apiserver check name"),
+    ("kube-exclude-space", {"vips": [vip(checks=[{"type": "kube-apiserver", "exclude": ["etcd readiness"]}])]}, "vips[0].checks[0].exclude", "is not a kube-apiserver check name"),
+    ("kube-exclude-not-a-list", {"vips": [vip(checks=[{"type": "kube-apiserver", "exclude": "etcd"}])]}, "vips[0].checks[0].exclude", "valid tuple"),
 ]
 # fmt: on
 
@@ -1066,3 +1153,19 @@ def test_every_number_has_an_upper_bound(model: type[BaseModel], name: str) -> N
     """No number reaches ExaBGP, a timer or the kernel unbounded (overflow, or a timeout of
     years that is clearly a mistake)."""
     assert _upper_bound(model, name) is not None
+
+
+def test_the_etcd_tolerant_config_of_the_control_plane_guide_loads() -> None:
+    """docs/control-plane-vip.md's ready-to-paste checks load and ask what the guide says."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "control-plane-vip.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "lower-preference" in b]
+    c = load(with_(MINIMAL, **yaml.safe_load(block)))
+    hard, soft = c.vips[0].checks
+    assert isinstance(hard, cfg.KubeApiserverCheck) and isinstance(soft, cfg.KubeApiserverCheck)
+    assert hard.as_http().url == "https://127.0.0.1:6443/readyz?exclude=etcd&exclude=etcd-readiness"
+    assert (hard.on_failure, soft.on_failure, soft.as_http().url) == (
+        "withdraw",
+        "lower-preference",
+        "https://127.0.0.1:6443/readyz",
+    )
+    assert cfg.failure_penalty(c, soft) == cfg.Penalty(med=1000)

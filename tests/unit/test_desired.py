@@ -7,14 +7,15 @@ from ipaddress import ip_address, ip_interface, ip_network
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bgpvip.core import config as cfg
 from bgpvip.core.config import MAX_PRIORITY_PREPENDS, CheckKey
-from bgpvip.core.desired import NodeState, compute, vip_route
+from bgpvip.core.desired import NodeState, announced_as_penalised, compute, decide_vip, vip_route
 from bgpvip.core.health import Health, State
-from bgpvip.core.model import Attributes, Decision, Desired, ProbeResult, Reason, Route
+from bgpvip.core.model import Announce, Applied, Attributes, Decision, Desired, ProbeResult, Reason, Route
+from bgpvip.core.plan import diff
 
 LOCAL_AS = 65001
 PEERS = [
@@ -147,6 +148,128 @@ def test_checks_are_looked_up_by_vip_label() -> None:
     assert not only(compute(config, {CheckKey(VIP, 0): h(State.UP)}, NodeState())).announce
 
 
+# --------------------------------------------------------------------------- lower-preference checks
+
+SOFT = {**TCP, "on_failure": "lower-preference"}
+KUBE_HARD = {"type": "kube-apiserver", "exclude": ["etcd", "etcd-readiness"]}
+KUBE_SOFT = {"type": "kube-apiserver", "on_failure": "lower-preference"}
+KEY2 = CheckKey(VIP, 2)
+UP, DOWN = h(State.UP), h(State.DOWN, failure="HTTP 500")
+
+# fmt: off
+SOFT_CASES = [
+    # (id, top-level, vip overrides, healths, node, announce, reason, detail substring, med, prepends)
+    ("all-up",                  {}, {"checks": [TCP, SOFT]},  {KEY: UP, KEY1: UP},                        NodeState(), True,  Reason.HEALTHY,       "2/2 checks up",                                                          0,    0),
+    ("soft-down",               {}, {"checks": [TCP, SOFT]},  {KEY: UP, KEY1: DOWN},                      NodeState(), True,  Reason.DEGRADED,      "announced with lower preference (MED +1000): checks[1] (tcp): HTTP 500", 1000, 0),
+    ("soft-falling-still-up",   {}, {"checks": [TCP, SOFT]},  {KEY: UP, KEY1: h(State.FALLING, count=1)}, NodeState(), True,  Reason.HEALTHY,       "2/2 checks up",                                                          0,    0),
+    ("soft-not-risen-yet",      {}, {"checks": [TCP, SOFT]},  {KEY: UP},                                  NodeState(), True,  Reason.DEGRADED,      "checks[1] (tcp): 0/3 successes",                                         1000, 0),
+    ("soft-rising",             {}, {"checks": [TCP, SOFT]},  {KEY: UP, KEY1: h(State.RISING, count=2)},  NodeState(), True,  Reason.DEGRADED,      "checks[1] (tcp): 2/3 successes",                                         1000, 0),
+    ("hard-down-soft-up",       {}, {"checks": [TCP, SOFT]},  {KEY: h(State.DOWN, failure="refused"), KEY1: UP},   NodeState(), False, Reason.CHECK_FAILING, "checks[0] (tcp): refused",                                  0,    0),
+    ("hard-down-soft-down",     {}, {"checks": [TCP, SOFT]},  {KEY: h(State.DOWN, failure="refused"), KEY1: DOWN}, NodeState(), False, Reason.CHECK_FAILING, "checks[0] (tcp): refused",                                  1000, 0),
+    ("hard-pending",            {}, {"checks": [TCP, SOFT]},  {KEY1: UP},                                 NodeState(), False, Reason.CHECK_PENDING, "checks[0] (tcp): 0/3 successes",                                         0,    0),
+    ("only-soft-down",          {}, {"checks": [SOFT]},       {KEY: DOWN},                                NodeState(), True,  Reason.DEGRADED,      "checks[0] (tcp): HTTP 500",                                              1000, 0),
+    ("only-soft-no-health",     {}, {"checks": [SOFT]},       {},                                         NodeState(), True,  Reason.DEGRADED,      "checks[0] (tcp): 0/3 successes",                                         1000, 0),
+    ("only-soft-up",            {}, {"checks": [SOFT]},       {KEY: UP},                                  NodeState(), True,  Reason.HEALTHY,       "1/1 checks up",                                                          0,    0),
+    ("two-soft-down-add-up",    {}, {"checks": [TCP, SOFT, {**SOFT, "med_penalty": 7}]}, {KEY: UP, KEY1: DOWN, KEY2: h(State.DOWN, failure="timed out")}, NodeState(), True, Reason.DEGRADED, "(MED +1007): checks[1] (tcp): HTTP 500; checks[2] (tcp): timed out", 1007, 0),
+    ("any-one-hard-up-soft-down", {}, {"checks": [TCP, TCP, SOFT], "require": "any"}, {KEY: DOWN, KEY1: UP, KEY2: DOWN}, NodeState(), True, Reason.DEGRADED, "checks[2] (tcp): HTTP 500",                                     1000, 0),
+    ("any-soft-up-does-not-announce", {}, {"checks": [TCP, TCP, SOFT], "require": "any"}, {KEY: DOWN, KEY1: DOWN, KEY2: UP}, NodeState(), False, Reason.CHECK_FAILING, "checks[0] (tcp): HTTP 500; checks[1] (tcp): HTTP 500",  0,    0),
+    ("drained-degraded",        {}, {"checks": [TCP, SOFT]},  {KEY: UP, KEY1: DOWN},                      NodeState(drained=True), False, Reason.DRAINED, "drain file",                                                           1000, 0),
+    ("stopping-degraded",       {}, {"checks": [TCP, SOFT]},  {KEY: UP, KEY1: DOWN},                      NodeState(stopping=True), False, Reason.STOPPING, "shutting down",                                                      1000, 0),
+    ("priority-med-adds",       {"priority": 200}, {"checks": [TCP, SOFT]}, {KEY: UP, KEY1: DOWN},       NodeState(), True,  Reason.DEGRADED,      "(MED +1000)",                                                            1055, 0),
+    ("priority-med-healthy",    {"priority": 200}, {"checks": [TCP, SOFT]}, {KEY: UP, KEY1: UP},         NodeState(), True,  Reason.HEALTHY,       "2/2 checks up",                                                          55,   0),
+    ("explicit-med-adds",       {}, {"med": 30, "checks": [TCP, SOFT]}, {KEY: UP, KEY1: DOWN},            NodeState(), True,  Reason.DEGRADED,      "(MED +1000)",                                                            1030, 0),
+    ("as-path-mode-prepends",   {"priority": 250, "priority_attribute": "as-path"}, {"checks": [TCP, SOFT]}, {KEY: UP, KEY1: DOWN}, NodeState(), True, Reason.DEGRADED, "(11 AS-path prepends)",                                       None, 15),
+    ("as-path-mode-healthy",    {"priority": 250, "priority_attribute": "as-path"}, {"checks": [TCP, SOFT]}, {KEY: UP, KEY1: UP},   NodeState(), True, Reason.HEALTHY,  "2/2 checks up",                                               None, 4),
+    ("prepend-only-no-med",     {}, {"checks": [TCP, {**SOFT, "prepend_penalty": 1}]}, {KEY: UP, KEY1: DOWN}, NodeState(), True, Reason.DEGRADED,  "(1 AS-path prepend)",                                                    None, 1),
+    ("both-penalties",          {}, {"as_path_prepend": 1, "checks": [{**SOFT, "med_penalty": 5, "prepend_penalty": 2}]}, {KEY: DOWN}, NodeState(), True, Reason.DEGRADED, "(MED +5, 2 AS-path prepends)",                    5,    3),
+    ("http-label",              {}, {"checks": [{"type": "http", "url": "https://127.0.0.1:8443/healthz?full"}, SOFT]}, {KEY: DOWN, KEY1: UP}, NodeState(), False, Reason.CHECK_FAILING, "checks[0] (http /healthz?full): HTTP 500", 0, 0),
+    ("kube-apiserver-labels",   {}, {"checks": [KUBE_HARD, KUBE_SOFT]}, {KEY: UP, KEY1: DOWN},            NodeState(), True,  Reason.DEGRADED,      "checks[1] (kube-apiserver /readyz): HTTP 500",                           1000, 0),
+    ("kube-apiserver-hard-label", {}, {"checks": [KUBE_HARD, KUBE_SOFT]}, {KEY: DOWN, KEY1: DOWN},        NodeState(), False, Reason.CHECK_FAILING, "checks[0] (kube-apiserver /readyz?exclude=etcd&exclude=etcd-readiness): HTTP 500", 1000, 0),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("top", "overrides", "healths", "node", "announce", "reason", "detail", "med", "prepends"),
+    [c[1:] for c in SOFT_CASES],
+    ids=[c[0] for c in SOFT_CASES],
+)
+def test_lower_preference_checks(  # noqa: PLR0917
+    top: dict[str, Any],
+    overrides: dict[str, Any],
+    healths: dict[CheckKey, Health],
+    node: NodeState,
+    announce: bool,
+    reason: Reason,
+    detail: str,
+    med: int | None,
+    prepends: int,
+) -> None:
+    """Failing `lower-preference` checks change the route's attributes, never whether it is
+    announced; the `withdraw` checks decide that, as `require` says."""
+    desired = compute(make_config(vip(**overrides), **top), healths, node)
+    d = only(desired)
+    assert (d.announce, d.reason) == (announce, reason), d.detail
+    assert detail in d.detail, d.detail
+    assert d.route is not None
+    assert d.route.attributes.med == med
+    assert d.route.attributes.as_path == ((LOCAL_AS,) * (prepends + 1) if prepends else ())
+    assert desired.routes == (frozenset({d.route}) if announce else frozenset())
+
+
+def test_a_failing_withdraw_check_detail_leaves_lower_preference_checks_out() -> None:
+    config = make_config(vip(checks=[TCP, SOFT]))
+    d = only(compute(config, {KEY: h(State.DOWN, failure="refused"), KEY1: DOWN}, NodeState()))
+    assert d.detail == "checks[0] (tcp): refused"
+
+
+def test_a_degraded_route_is_replaced_in_place() -> None:
+    """Healthy → degraded → healthy: same prefix, new attributes; the plan re-announces and never
+    withdraws, and the address stays."""
+    config = make_config(vip(checks=[TCP, SOFT]))
+    healthy = compute(config, {KEY: UP, KEY1: UP}, NodeState())
+    degraded = compute(config, {KEY: UP, KEY1: DOWN}, NodeState())
+    (a,), (b,) = healthy.routes, degraded.routes
+    assert (a.prefix, a.key) == (b.prefix, b.key) and a != b
+    assert healthy.addresses == degraded.addresses != frozenset()
+    for before, after in ((healthy, degraded), (degraded, healthy)):
+        actions = diff(after, Applied(routes=before.routes, addresses=before.addresses)).actions()
+        assert actions == (Announce(tuple(after.routes)),)
+
+
+def test_a_lower_preference_check_that_sees_its_server_die_does_not_release_the_address_early() -> None:
+    broken = Health(
+        state=State.DOWN, last_failure=ProbeResult(ok=False, detail="connection refused", broken=True)
+    )
+    config = make_config(vip(checks=[TCP, SOFT]))
+    assert (
+        compute(config, {KEY: h(State.DOWN, failure="HTTP 503"), KEY1: broken}, NodeState()).release_now
+        == frozenset()
+    )
+    assert compute(config, {KEY: broken, KEY1: UP}, NodeState()).release_now == {(4, int(ip_address(VIP)))}
+
+
+@pytest.mark.parametrize(
+    ("top", "checks", "attributes", "penalised"),
+    [
+        ({}, [TCP, SOFT], Attributes(med=0), False),
+        ({}, [TCP, SOFT], Attributes(med=1000), True),
+        ({}, [TCP, SOFT], Attributes(), False),
+        ({"priority": 200}, [SOFT], Attributes(med=55), False),
+        ({"priority": 200}, [SOFT], Attributes(med=1055), True),
+        ({"priority_attribute": "as-path"}, [SOFT], Attributes(as_path=(LOCAL_AS,) * 12), True),
+        ({"priority_attribute": "as-path"}, [SOFT], Attributes(), False),
+    ],
+    ids=["healthy", "penalised", "no-med-read-back", "priority", "priority-penalised", "prepended", "plain"],
+)
+def test_announced_as_penalised(
+    top: dict[str, Any], checks: list[dict[str, Any]], attributes: Attributes, penalised: bool
+) -> None:
+    config = make_config(vip(checks=checks), **top)
+    route = Route(prefix=host(VIP), attributes=attributes)
+    assert announced_as_penalised(config, config.vips[0], route) is penalised
+
+
 # --------------------------------------------------------------------------- attributes
 
 # fmt: off
@@ -262,13 +385,28 @@ SOURCES = ["service/a/x", "service/b/y"]
 
 
 @st.composite
+def check_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """A `withdraw` check or a `lower-preference` one, with default or explicit penalties."""
+    if draw(st.booleans()):
+        return TCP
+    spec = dict(SOFT)
+    med, prepend = draw(st.none() | st.integers(0, 5000)), draw(st.none() | st.integers(0, 3))
+    if (med, prepend) != (None, None) and not (med or prepend):
+        med = 1
+    for key, value in (("med_penalty", med), ("prepend_penalty", prepend)):
+        if value is not None:
+            spec[key] = value
+    return spec
+
+
+@st.composite
 def configs(draw: st.DrawFn) -> cfg.Config:
     addresses = draw(st.lists(st.sampled_from(VIP_ADDRESSES), min_size=1, max_size=4, unique=True))
     vips = []
     for address in addresses:
         v: dict[str, Any] = {
             "address": address,
-            "checks": [TCP] * draw(st.integers(0, 2)),
+            "checks": draw(st.lists(check_specs(), max_size=3)),
             "require": draw(st.sampled_from(["all", "any"])),
             "interface": draw(st.sampled_from(["lo", "dummy0", None])),
         }
@@ -379,3 +517,105 @@ def test_property_operator_state_wins_over_health(scenario: Scenario) -> None:
 def _by_vip(config: cfg.Config, desired: Desired) -> list[tuple[cfg.VipConfig, Decision]]:
     by_source = {d.source: d for d in desired.decisions}
     return [(v, by_source[f"vip/{v.label}"]) for v in config.vips]
+
+
+def is_soft(config: cfg.Config, key: CheckKey) -> bool:
+    v = next(v for v in config.vips if v.label == key.vip)
+    return v.checks[key.index].on_failure == "lower-preference"
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenario=scenarios(), data=st.data())
+def test_property_a_lower_preference_check_never_withdraws(scenario: Scenario, data: st.DataObject) -> None:
+    """Whatever state the `lower-preference` checks are in, the same VIPs are announced (and
+    hold their addresses) as with all of them UP: only the attributes change."""
+    config, healths, node, services = scenario
+    soft = [
+        CheckKey(v.label, i)
+        for v in config.vips
+        for i, c in enumerate(v.checks)
+        if c.on_failure != "withdraw"
+    ]
+    assume(soft)
+    ups = {**healths, **dict.fromkeys(soft, h(State.UP))}
+    other = {**healths, **{k: data.draw(healths_st) for k in soft}}
+    a, b = compute(config, ups, node, services), compute(config, other, node, services)
+    assert [d.announce for d in a.own] == [d.announce for d in b.own]
+    assert {r.prefix for r in a.routes} == {r.prefix for r in b.routes}
+    assert a.addresses == b.addresses
+
+
+def preference(attributes: Attributes, *, missing_med: int) -> tuple[int, int]:
+    """How a router ranks a route between the nodes (lower wins): AS-path length first, then
+    MED, a missing MED counting as `missing_med` (0 by RFC 4271; the worst with Yamaha RTX or
+    FRR's missing-as-worst)."""
+    med = attributes.med if attributes.med is not None else missing_med
+    return (len(attributes.as_path) or 1, med)
+
+
+def strictly_better(a: Attributes, b: Attributes) -> bool:
+    return all(preference(a, missing_med=m) < preference(b, missing_med=m) for m in (0, 2**32 - 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(config=configs(), data=st.data())
+def test_property_a_healthy_node_beats_a_degraded_one_of_the_same_priority(
+    config: cfg.Config, data: st.DataObject
+) -> None:
+    """Two nodes with this same config: on one every check passes, on the other the `withdraw`
+    checks pass and at least one `lower-preference` check does not. The healthy node's route
+    is strictly preferred, whether the router takes a missing MED as 0 or as the worst."""
+    for v in config.vips:
+        keys = [CheckKey(v.label, i) for i in range(len(v.checks))]
+        soft = [k for k, c in zip(keys, v.checks, strict=True) if c.on_failure != "withdraw"]
+        if not soft:
+            continue
+        failing = data.draw(st.lists(st.sampled_from(soft), min_size=1, unique=True))
+        bad_health = data.draw(st.sampled_from([State.DOWN, State.INIT, State.RISING]))
+        healthy = dict.fromkeys(keys, h(State.UP))
+        degraded = {**healthy, **dict.fromkeys(failing, h(bad_health))}
+        good = decide_vip(config, v, healthy, NodeState())
+        worse = decide_vip(config, v, degraded, NodeState())
+        assert (good.announce, good.reason, worse.announce, worse.reason) == (
+            True,
+            Reason.HEALTHY,
+            True,
+            Reason.DEGRADED,
+        )
+        assert good.route is not None and worse.route is not None
+        assert strictly_better(good.route.attributes, worse.route.attributes), (good.route, worse.route)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    mode=st.sampled_from(["med", "as-path"]),
+    priorities=st.tuples(st.none() | st.integers(1, 254), st.none() | st.integers(1, 254)),
+)
+def test_property_default_penalties_outweigh_any_priority(
+    mode: str, priorities: tuple[int | None, int | None]
+) -> None:
+    """With the default penalties, a healthy node wins against a degraded one whatever either's
+    priority; and when both are degraded they rank as they did healthy (ECMP stays ECMP, the
+    node `priority` picks stays picked), so an outage on every node moves no flow."""
+
+    def route(priority: int | None, soft: State) -> Attributes:
+        top = {"priority_attribute": mode, **({"priority": priority} if priority else {})}
+        config = make_config(vip(checks=[TCP, SOFT]), **top)
+        d = decide_vip(config, config.vips[0], {KEY: h(State.UP), KEY1: h(soft)}, NodeState())
+        assert d.announce and d.route is not None
+        return d.route.attributes
+
+    a, b = priorities
+    assert strictly_better(route(a, State.UP), route(b, State.DOWN))
+    for m in (0, 2**32 - 1):
+        healthy = (
+            preference(route(a, State.UP), missing_med=m),
+            preference(route(b, State.UP), missing_med=m),
+        )
+        degraded = (
+            preference(route(a, State.DOWN), missing_med=m),
+            preference(route(b, State.DOWN), missing_med=m),
+        )
+        assert (healthy[0] > healthy[1]) - (healthy[0] < healthy[1]) == (degraded[0] > degraded[1]) - (
+            degraded[0] < degraded[1]
+        )

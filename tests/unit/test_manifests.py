@@ -332,9 +332,11 @@ def test_daemonset_runs_bgpvip_run_with_the_mounted_config(container: dict[str, 
     assert env["BGPVIP_CONFIG"] == CONFIG_PATH
 
 
-def test_daemonset_has_only_net_admin(pod: dict[str, Any], container: dict[str, Any]) -> None:
+def test_daemonset_has_only_net_admin_and_bind_service(
+    pod: dict[str, Any], container: dict[str, Any]
+) -> None:
     sc = container["securityContext"]
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_BIND_SERVICE"]}
     assert sc.get("privileged", False) is False
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True

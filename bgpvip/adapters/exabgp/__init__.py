@@ -8,12 +8,16 @@ and environment.
 from bgpvip.adapters.exabgp.codec import (
     ADJ_RIB_OUT_COMMAND,
     DEFAULT_BATCH_SIZE,
+    NEIGHBORS_COMMAND,
     Ack,
     AdjRibOut,
     Eof,
     Event,
     Message,
+    Negotiated,
     NeighborEvent,
+    NeighborStatus,
+    Notification,
     Shutdown,
     Unknown,
     canonical_attributes,
@@ -21,17 +25,21 @@ from bgpvip.adapters.exabgp.codec import (
     encode_announce,
     encode_withdraw,
     is_api_event,
+    neighbors_by_family,
     parse_adj_rib_out,
     parse_adj_rib_out_detailed,
     parse_line,
+    parse_neighbors,
     validate_line,
 )
-from bgpvip.adapters.exabgp.render import PROCESS_NAME, exabgp_environment, render_config
+from bgpvip.adapters.exabgp.render import BGP_PORT, PROCESS_NAME, exabgp_environment, render_config
 from bgpvip.adapters.exabgp.session import ExaBgpClosed, ExaBgpError, ExaBgpSession, ExaBgpTimeout
 
 __all__ = [
     "ADJ_RIB_OUT_COMMAND",
+    "BGP_PORT",
     "DEFAULT_BATCH_SIZE",
+    "NEIGHBORS_COMMAND",
     "PROCESS_NAME",
     "Ack",
     "AdjRibOut",
@@ -42,7 +50,10 @@ __all__ = [
     "ExaBgpSession",
     "ExaBgpTimeout",
     "Message",
+    "Negotiated",
     "NeighborEvent",
+    "NeighborStatus",
+    "Notification",
     "Shutdown",
     "Unknown",
     "canonical_attributes",
@@ -51,9 +62,11 @@ __all__ = [
     "encode_withdraw",
     "exabgp_environment",
     "is_api_event",
+    "neighbors_by_family",
     "parse_adj_rib_out",
     "parse_adj_rib_out_detailed",
     "parse_line",
+    "parse_neighbors",
     "render_config",
     "validate_line",
 ]

@@ -29,7 +29,7 @@ import functools
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +45,18 @@ MAX_LINE_LENGTH = 256 * 1024
 1,000 IPv6 prefixes take at most 44 KiB."""
 
 ADJ_RIB_OUT_COMMAND = "show adj-rib out extensive"
+
+NEIGHBORS_COMMAND = "show neighbor json"
+"""Every configured neighbor with its FSM state, configured and negotiated families: one JSON
+list on one line, then `done`."""
+
+CEASE_COMMAND = "neighbor * teardown 2"
+"""NOTIFICATION Cease / Administrative Shutdown (RFC 4486) to every established peer. ExaBGP
+reconnects at once afterwards (its `teardown` always restarts the peer), so a clean stop
+follows it with SHUTDOWN_COMMAND as soon as the NOTIFICATIONs are out."""
+
+SHUTDOWN_COMMAND = "shutdown"
+"""ExaBGP stops: closes every session (without a NOTIFICATION) and exits."""
 
 _MAX_U32 = 4_294_967_295
 _MAX_U16 = 65_535
@@ -68,8 +80,13 @@ _LITERAL_COMMANDS = frozenset(
         "announce eor",
         "announce eor ipv4 unicast",
         "announce eor ipv6 unicast",
+        NEIGHBORS_COMMAND,
+        CEASE_COMMAND,
+        SHUTDOWN_COMMAND,
     }
 )
+
+_FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
 
 
 # --------------------------------------------------------------------------- messages
@@ -90,6 +107,48 @@ class NeighborEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Negotiated:
+    """What a session settled on, from ExaBGP's `negotiated` message (api `negotiated;`),
+    which comes just before the session's `up`."""
+
+    peer: str
+    families: frozenset[str]
+    """Unicast families both sides announced: `ipv4`, `ipv6`. Empty when the router's OPEN
+    carried no multiprotocol capability: ExaBGP then sends nothing on the session."""
+    route_refresh: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A BGP NOTIFICATION ExaBGP sent or received (api `send`/`receive` `notification;`)."""
+
+    peer: str
+    direction: Literal["send", "receive"]
+    code: int
+    subcode: int
+    text: str = ""
+    """The printable part of the data (an RFC 8203 shutdown communication, for example)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborStatus:
+    """One neighbor as `show neighbor json` describes it."""
+
+    peer: str
+    local: str
+    fsm: str
+    """ExaBGP's FSM state: IDLE, ACTIVE, CONNECT, OPENSENT, OPENCONFIRM, ESTABLISHED."""
+    configured: frozenset[str]
+    """Unicast families of the neighbor's `family` block: `ipv4`, `ipv6`."""
+    negotiated: frozenset[str] | None
+    """Unicast families negotiated on the session; None while it is not established."""
+
+    @property
+    def established(self) -> bool:
+        return self.fsm == "ESTABLISHED"
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """ExaBGP is stopping; it sends SIGTERM to its helpers 0.1 s later."""
 
@@ -104,8 +163,8 @@ class Unknown:
     line: str
 
 
-Message = Ack | NeighborEvent | Shutdown | Unknown
-Event = NeighborEvent | Shutdown | Eof
+Message = Ack | NeighborEvent | Negotiated | Notification | Shutdown | Unknown
+Event = NeighborEvent | Negotiated | Notification | Shutdown | Eof
 
 _STATES: dict[str, Literal["up", "down", "connected"]] = {
     "up": "up",
@@ -253,12 +312,36 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
 
 
-def encode_announce(routes: Iterable[Route], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
-    """Validated `announce attributes ... nlri ...` lines: one per family, next hop and
-    attribute set, at most `batch_size` prefixes each, prefixes in ascending order.
+Neighbors = Mapping[int, Sequence[str]]
+"""Peer addresses by IP version (4, 6): the neighbors configured with that unicast family."""
 
-    Raises ValueError for a route ExaBGP would not take, or for one prefix given twice with
-    different attributes (ExaBGP would keep whichever came last)."""
+
+def neighbor_selector(family: int, neighbors: Neighbors | None) -> str:
+    """The `neighbor A , neighbor B ` prefix that sends a line only to the neighbors of
+    `family`: ExaBGP logs an error for every route of a family a neighbor does not carry.
+    Empty when every neighbor carries it (or nothing is known). Raises ValueError when no
+    neighbor does."""
+    if neighbors is None:
+        return ""
+    peers = sorted({str(ipaddress.ip_address(p)) for p in neighbors.get(family, ())})
+    if not peers:
+        raise ValueError(f"no ExaBGP neighbor carries {_FAMILY_NAMES.get(family, family)} unicast")
+    everyone = {str(ipaddress.ip_address(p)) for members in neighbors.values() for p in members}
+    if set(peers) == everyone:
+        return ""
+    return " , ".join(f"neighbor {p}" for p in peers) + " "
+
+
+def encode_announce(
+    routes: Iterable[Route], *, batch_size: int = DEFAULT_BATCH_SIZE, neighbors: Neighbors | None = None
+) -> list[str]:
+    """Validated `announce attributes ... nlri ...` lines: one per family, next hop and
+    attribute set, at most `batch_size` prefixes each, prefixes in ascending order. With
+    `neighbors`, each line names the neighbors of its family (`neighbor_selector`).
+
+    Raises ValueError for a route ExaBGP would not take, for one prefix given twice with
+    different attributes (ExaBGP would keep whichever came last), or for a family no
+    neighbor carries."""
     _check_batch_size(batch_size)
     by_prefix: dict[IPNetwork, Route] = {}
     for route in routes:
@@ -272,6 +355,7 @@ def encode_announce(routes: Iterable[Route], *, batch_size: int = DEFAULT_BATCH_
     lines = []
     for key in sorted(groups):
         members = groups[key]
+        selector = neighbor_selector(members[0].family, neighbors)
         head = [
             "announce",
             "attributes",
@@ -281,12 +365,15 @@ def encode_announce(routes: Iterable[Route], *, batch_size: int = DEFAULT_BATCH_
         ]
         prefixes = sorted(r.prefix for r in members)
         for chunk in _chunks(prefixes, batch_size):
-            lines.append(validate_line(" ".join([*head, "nlri", *map(str, chunk)])))
+            lines.append(validate_line(selector + " ".join([*head, "nlri", *map(str, chunk)])))
     return lines
 
 
-def encode_withdraw(routes: Iterable[Route], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
-    """Validated `withdraw attributes nlri ...` lines, one family per line, prefixes sorted.
+def encode_withdraw(
+    routes: Iterable[Route], *, batch_size: int = DEFAULT_BATCH_SIZE, neighbors: Neighbors | None = None
+) -> list[str]:
+    """Validated `withdraw attributes nlri ...` lines, one family per line, prefixes sorted,
+    with the neighbors of the family as for `encode_announce`.
 
     Only the prefix matters: ExaBGP keys its Adj-RIB-Out by family and prefix."""
     _check_batch_size(batch_size)
@@ -296,8 +383,11 @@ def encode_withdraw(routes: Iterable[Route], *, batch_size: int = DEFAULT_BATCH_
     lines = []
     for family in sorted(by_family):
         prefixes = sorted(by_family[family])
+        selector = neighbor_selector(family, neighbors)
         for chunk in _chunks(prefixes, batch_size):
-            lines.append(validate_line(" ".join(["withdraw", "attributes", "nlri", *map(str, chunk)])))
+            lines.append(
+                validate_line(selector + " ".join(["withdraw", "attributes", "nlri", *map(str, chunk)]))
+            )
     return lines
 
 
@@ -393,13 +483,33 @@ def _check_announce(tokens: _Tokens) -> None:
         raise ValueError(f"next hop {next_hop} is not of the prefixes' family")
 
 
+def _check_selector(tokens: _Tokens) -> None:
+    seen = set()
+    while True:
+        tokens.expect("neighbor")
+        peer = tokens.take()
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            raise ValueError(f"neighbor {peer!r} is not an IP address") from None
+        if str(address) != peer:
+            raise ValueError(f"neighbor {peer!r} is not written canonically")
+        if address in seen:
+            raise ValueError(f"neighbor {peer} named twice")
+        seen.add(address)
+        if tokens.peek() != ",":
+            return
+        tokens.take()
+
+
 def validate_line(line: str) -> str:
     """Return `line` if it is one well-formed command bgpvip may send; raise ValueError if not.
 
     One line of printable ASCII, single spaces, and only the grammar bgpvip emits:
-    `announce attributes next-hop ... nlri ...`, `withdraw attributes nlri ...`, and a few
-    fixed commands (`show adj-rib out extensive`, `clear adj-rib out`, `flush adj-rib out`,
-    `announce eor [ipv4|ipv6 unicast]`)."""
+    `[neighbor A , neighbor B ...] announce attributes next-hop ... nlri ...`, the same
+    `withdraw attributes nlri ...`, and a few fixed commands (`show adj-rib out extensive`,
+    `show neighbor json`, `clear adj-rib out`, `flush adj-rib out`, `announce eor [ipv4|ipv6
+    unicast]`, `neighbor * teardown 2`, `shutdown`)."""
     if not isinstance(line, str):
         raise ValueError(f"a command must be a str, not {type(line).__name__}")
     if not line or len(line) > MAX_LINE_LENGTH:
@@ -412,6 +522,8 @@ def validate_line(line: str) -> str:
         return line
     tokens = _Tokens(line)
     try:
+        if tokens.peek() == "neighbor":
+            _check_selector(tokens)
         verb = tokens.take()
         tokens.expect("attributes")
         if verb == "announce":
@@ -446,18 +558,74 @@ def _json_message(line: str) -> Message:
     kind = data.get("type")
     if kind == "notification" and data.get("notification") == "shutdown":
         return Shutdown()
-    if kind != "state":
-        return Unknown(line)
     neighbor = data.get("neighbor")
     if not isinstance(neighbor, dict):
         return Unknown(line)
     address = neighbor.get("address")
     peer = address.get("peer") if isinstance(address, dict) else None
+    if not isinstance(peer, str) or not _is_address(peer):
+        return Unknown(line)
+    if kind == "negotiated":
+        return _negotiated(peer, neighbor.get("negotiated"), line)
+    if kind == "notification":
+        return _notification(peer, neighbor, line)
+    if kind != "state":
+        return Unknown(line)
     state = _STATES.get(str(neighbor.get("state")))
     reason = neighbor.get("reason", "")
     if not isinstance(peer, str) or state is None or not isinstance(reason, str):
         return Unknown(line)
     return NeighborEvent(peer=peer, state=state, reason=reason)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _unicast_families(names: object) -> frozenset[str] | None:
+    """`["ipv4 unicast", "ipv6 flow"]` -> {"ipv4"}; None if it is not a list of strings."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return frozenset(n.split(" ", 1)[0] for n in names if n in ("ipv4 unicast", "ipv6 unicast"))
+
+
+def _negotiated(peer: str, body: object, line: str) -> Message:
+    if not isinstance(body, dict):
+        return Unknown(line)
+    families = _unicast_families(body.get("families"))
+    if families is None:
+        return Unknown(line)
+    return Negotiated(
+        peer=peer, families=families, route_refresh=body.get("refresh") in ("normal", "enhanced")
+    )
+
+
+MAX_NOTIFICATION_TEXT = 128
+"""Characters kept of a NOTIFICATION's data: a shutdown communication is at most 255 bytes
+(RFC 9003); the peer chooses it, so it is cut and stripped of anything unprintable."""
+
+
+def printable(text: str, limit: int = MAX_NOTIFICATION_TEXT) -> str:
+    """`text` without control or non-ASCII characters, at most `limit` characters."""
+    cleaned = "".join(c if " " <= c <= "~" else " " for c in text)
+    return " ".join(cleaned.split())[:limit]
+
+
+def _notification(peer: str, neighbor: dict[str, Any], line: str) -> Message:
+    direction = neighbor.get("direction")
+    body = neighbor.get("notification")
+    if direction not in ("send", "receive") or not isinstance(body, dict):
+        return Unknown(line)
+    code, subcode, message = body.get("code"), body.get("subcode"), body.get("message", "")
+    if not (isinstance(code, int) and isinstance(subcode, int) and isinstance(message, str)):
+        return Unknown(line)
+    if isinstance(code, bool) or isinstance(subcode, bool) or not (0 <= code <= 255 and 0 <= subcode <= 255):
+        return Unknown(line)
+    return Notification(peer=peer, direction=direction, code=code, subcode=subcode, text=printable(message))
 
 
 def _text_message(line: str) -> Message:
@@ -507,6 +675,67 @@ def is_api_event(line: str) -> bool:
     except (ValueError, RecursionError):
         return False
     return isinstance(data, dict) and "exabgp" in data
+
+
+# --------------------------------------------------------------------------- show neighbor json
+
+
+def _families_enabled(value: object, what: str) -> frozenset[str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not an object")
+    return frozenset(
+        name.split(" ", 1)[0]
+        for name, on in value.items()
+        if on is True and name in ("ipv4 unicast", "ipv6 unicast")
+    )
+
+
+def _neighbor_status(item: object) -> NeighborStatus:
+    if not isinstance(item, dict):
+        raise ValueError("a neighbor is not an object")
+    local, peer = item.get("local"), item.get("peer")
+    if not isinstance(local, dict) or not isinstance(peer, dict):
+        raise ValueError("a neighbor has no local/peer object")
+    address, local_address, fsm = peer.get("address"), local.get("address"), item.get("fsm")
+    if not isinstance(address, str) or not _is_address(address):
+        raise ValueError(f"neighbor address {address!r} is not an IP address")
+    if not isinstance(fsm, str) or not fsm.isalpha():
+        raise ValueError(f"neighbor {address}: fsm {fsm!r}")
+    established = fsm == "ESTABLISHED"
+    negotiated = _unicast_families(item.get("families")) if established else None
+    if established and negotiated is None:
+        raise ValueError(f"neighbor {address}: families is not a list")
+    return NeighborStatus(
+        peer=str(ipaddress.ip_address(address)),
+        local=str(local_address),
+        fsm=fsm,
+        configured=_families_enabled(local.get("families"), f"neighbor {address}: local families"),
+        negotiated=negotiated,
+    )
+
+
+def parse_neighbors(lines: Iterable[str]) -> tuple[NeighborStatus, ...]:
+    """The neighbors in the output of `show neighbor json` (ExaBGP 5: one JSON list on one
+    line). Raises ValueError when the output is not that."""
+    text = "".join(line.strip() for line in lines)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError(f"`show neighbor json` printed no JSON: {text[:120]!r}") from None
+    if not isinstance(data, list):
+        raise ValueError("`show neighbor json` printed no list")
+    return tuple(_neighbor_status(item) for item in data)
+
+
+def neighbors_by_family(statuses: Iterable[NeighborStatus]) -> dict[int, tuple[str, ...]]:
+    """Peer addresses by IP version of the unicast families they are configured with: the
+    `neighbors` argument of `encode_announce`."""
+    out: dict[int, list[str]] = {}
+    for status in statuses:
+        for version, name in _FAMILY_NAMES.items():
+            if name in status.configured:
+                out.setdefault(version, []).append(status.peer)
+    return {version: tuple(sorted(peers)) for version, peers in out.items()}
 
 
 # --------------------------------------------------------------------------- show adj-rib out

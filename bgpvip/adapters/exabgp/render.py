@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import pwd
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from bgpvip.core.config import Config, ExabgpConfig, PeerConfig
 from bgpvip.core.model import IPAddress
 
 PROCESS_NAME = "bgpvip"
+BGP_PORT = 179
 
 # characters that end or split a word in ExaBGP's configuration tokeniser (format.tokens)
 _SPECIAL = set(" \t;{}[],#")
@@ -96,6 +97,7 @@ def _neighbor(
     local_as: int,
     local_address: IPAddress,
     password: str | None,
+    listen: bool,
 ) -> list[str]:
     if peer.hold_time in (1, 2):
         raise ValueError(
@@ -119,8 +121,13 @@ def _neighbor(
         lines.append(f"    outgoing-ttl {peer.multihop_ttl};")
     if peer.passive:
         lines += ["    passive true;", f"    listen {peer.port};"]
-    elif peer.port != 179:
-        lines.append(f"    connect {peer.port};")
+    else:
+        if peer.port != 179:
+            lines.append(f"    connect {peer.port};")
+        if listen:
+            # ExaBGP connects out and backs off up to 60 s between attempts; accepting the
+            # router's own connection brings the session back as soon as the router is back
+            lines.append(f"    listen {BGP_PORT};")
     # `show adj-rib out` reads this cache, and it re-sends routes after a session flap
     lines.append("    adj-rib-out true;")
     lines.append("    family {")
@@ -131,12 +138,17 @@ def _neighbor(
         lines.append("        graceful-restart disable;")
     else:
         lines.append(f"        graceful-restart {peer.graceful_restart};")
-    lines.append("        route-refresh disable;")
+    lines.append(f"        route-refresh {'enable' if peer.route_refresh else 'disable'};")
     lines.append("    }")
     lines += [
         "    api {",
         f"        processes [ {PROCESS_NAME} ];",
         "        neighbor-changes;",
+        # the families each session settled on (a router may take none of ours), and the
+        # NOTIFICATIONs that end a session (why it is down; that our Cease went out)
+        "        negotiated;",
+        "        send { parsed; notification; }",
+        "        receive { parsed; notification; }",
         "    }",
         "}",
     ]
@@ -149,13 +161,16 @@ def render_config(
     process_command: Sequence[str],
     local_addresses: AddressMap,
     passwords: PasswordMap | None = None,
+    listening: Collection[Any] | None = None,
 ) -> str:
     """A complete ExaBGP 5 configuration: one `neighbor` per peer, all bound to the API
     process `bgpvip` that runs `process_command` with the JSON encoder.
 
     `local_addresses` maps peer address to this host's address on the session, for peers
     without `local_address` (ExaBGP needs it to resolve `next-hop self`). `passwords` maps
-    peer address to its MD5 password, read by the caller from `password_file`.
+    peer address to its MD5 password, read by the caller from `password_file`. `listening`
+    holds the (non-passive) peers whose connections ExaBGP also accepts on port 179; None:
+    every peer whose `listen` is not false (the caller checks the port can be bound).
     Raises ValueError for anything ExaBGP would refuse or misread."""
     if not process_command:
         raise ValueError("process_command is empty")
@@ -172,6 +187,11 @@ def render_config(
         "    encoder json;",
         "}",
     ]
+    listen = (
+        {p.address for p in config.bgp.peers if p.listen is not False}
+        if listening is None
+        else {_address(p) for p in listening}
+    )
     for peer in config.bgp.peers:
         out.append("")
         out += _neighbor(
@@ -180,6 +200,7 @@ def render_config(
             local_as=config.bgp.local_as,
             local_address=_local_address(peer, local_addresses),
             password=_password(peer, passwords or {}),
+            listen=peer.address in listen,
         )
     return "\n".join(out) + "\n"
 

@@ -14,10 +14,11 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import ipaddress
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO
@@ -99,7 +100,11 @@ class ExaBgpSession:
         self._getppid = getppid
         self._ppid = getppid()
         self.event_queue: asyncio.Queue[codec.Event] = asyncio.Queue()
-        """NeighborEvent, Shutdown, and one Eof when ExaBGP closes the pipe."""
+        """NeighborEvent, Negotiated, Notification, Shutdown, and one Eof when ExaBGP closes
+        the pipe."""
+        self.neighbors: codec.Neighbors | None = None
+        """Peer addresses by IP version: announcements and withdrawals of a family go to these
+        neighbors only (`codec.neighbor_selector`). None: to every neighbor."""
         self.unknown_lines = 0
         """Lines that were neither an ack, an event nor expected output (logged at debug)."""
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -112,6 +117,10 @@ class ExaBgpSession:
         self._thread: threading.Thread | None = None
         self._eof = False
         self._rib_digest: bytes | None = None
+        self._cease_waiting: set[str] | None = None
+        """Established peers whose Cease NOTIFICATION has not been reported sent yet."""
+        self._cease_done: asyncio.Future[bool] | None = None
+        self._shutdown_task: asyncio.Future[_Pending] | None = None
 
     @staticmethod
     def _binary_reader(stream: BinaryIO | int) -> BinaryIO:
@@ -201,8 +210,12 @@ class ExaBgpSession:
         message = codec.parse_line(line)
         if isinstance(message, codec.Ack):
             self._on_ack(message.ok, line)
-        elif isinstance(message, codec.NeighborEvent | codec.Shutdown):
+        elif isinstance(
+            message, codec.NeighborEvent | codec.Negotiated | codec.Notification | codec.Shutdown
+        ):
             self.event_queue.put_nowait(message)
+            if isinstance(message, codec.Notification):
+                self._on_notification(message)
         elif self._pending and self._pending[0].output is not None and not codec.is_api_event(line):
             self._pending[0].output.append(line)
         else:
@@ -305,11 +318,13 @@ class ExaBgpSession:
     async def announce(self, routes: Sequence[Route]) -> bool:
         """Announce routes in batches; True only if ExaBGP answered `done` to every batch.
         Each batch waits at most `command_timeout` for its ack."""
-        return await self._run_batches(codec.encode_announce(routes, batch_size=self.batch_size))
+        lines = codec.encode_announce(routes, batch_size=self.batch_size, neighbors=self.neighbors)
+        return await self._run_batches(lines)
 
     async def withdraw(self, routes: Sequence[Route]) -> bool:
         """Withdraw routes (by prefix) in batches; True only if every batch was `done`."""
-        return await self._run_batches(codec.encode_withdraw(routes, batch_size=self.batch_size))
+        lines = codec.encode_withdraw(routes, batch_size=self.batch_size, neighbors=self.neighbors)
+        return await self._run_batches(lines)
 
     async def adj_rib_out(self) -> set[Route]:
         """What ExaBGP holds for its peers, from `show adj-rib out extensive`.
@@ -327,13 +342,81 @@ class ExaBgpSession:
         return self._parse_rib(lines)
 
     async def _dump_rib(self) -> list[str]:
+        return await self._dump(codec.ADJ_RIB_OUT_COMMAND, self.dump_timeout)
+
+    async def _dump(self, command: str, limit: float) -> list[str]:
         async with self._command_lock:
-            pending = await self._send(codec.ADJ_RIB_OUT_COMMAND, collect=True)
-            ok = await self._wait(pending, self.dump_timeout)
+            pending = await self._send(command, collect=True)
+            ok = await self._wait(pending, limit)
         if not ok:
-            raise ExaBgpError("ExaBGP answered `error` to show adj-rib out")
+            raise ExaBgpError(f"ExaBGP answered `error` to {command}")
         assert pending.output is not None
         return pending.output
+
+    async def neighbor_status(self) -> tuple[codec.NeighborStatus, ...]:
+        """Every configured neighbor with its state and families, from `show neighbor json`:
+        a helper ExaBGP (re)started knows nothing of the sessions until it asks.
+        Raises ExaBgpError when ExaBGP's answer is not what ExaBGP 5 prints."""
+        lines = await self._dump(codec.NEIGHBORS_COMMAND, self.command_timeout)
+        try:
+            return codec.parse_neighbors(lines)
+        except ValueError as e:
+            raise ExaBgpError(str(e)) from None
+
+    async def cease_and_shutdown(self, established: Collection[str], wait: float = 2.0) -> bool:
+        """Close every session with a Cease / Administrative Shutdown NOTIFICATION, then stop
+        ExaBGP. True when ExaBGP reported a NOTIFICATION sent to every peer in `established`
+        within `wait` seconds (ExaBGP is told to stop either way).
+
+        ExaBGP's own shutdown closes sessions without a NOTIFICATION, and its `teardown`
+        reconnects at once, so `shutdown` is written the moment the last NOTIFICATION is
+        reported (from the line handler, not after a trip through the event loop's queue):
+        a reconnection must not get as far as an established session. The session needs the
+        neighbors' `send { parsed; notification; }` API flags (see render.py)."""
+        assert self._loop is not None
+        waiting = {str(ipaddress.ip_address(p)) for p in established}
+        self._cease_done = self._loop.create_future()
+        self._cease_waiting = waiting
+        try:
+            ok = await self.command(codec.CEASE_COMMAND)
+            if not ok or not waiting:
+                self._finish_cease()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._cease_done), wait)
+            except TimeoutError:
+                log.warning(logs.kv("exabgp_cease_timeout", peers=",".join(sorted(waiting)) or None))
+                self._finish_cease()
+            return ok and not waiting
+        finally:
+            self._cease_waiting = None
+
+    def _on_notification(self, message: codec.Notification) -> None:
+        if self._cease_waiting is None or message.direction != "send":
+            return
+        self._cease_waiting.discard(message.peer)
+        if not self._cease_waiting:
+            self._finish_cease()
+
+    def _finish_cease(self) -> None:
+        """Write `shutdown` now: from the line handler when the last NOTIFICATION is out."""
+        if self._cease_done is None or self._cease_done.done():
+            return
+        self._cease_done.set_result(True)
+        if self._eof:
+            return
+        if self._write_lock.locked():
+            # another command is between registering its ack and writing: keep the order
+            self._shutdown_task = asyncio.ensure_future(self._send(codec.SHUTDOWN_COMMAND))
+            return
+        assert self._loop is not None
+        pending = _Pending(codec.SHUTDOWN_COMMAND, self._loop.create_future())
+        pending.abandoned = True  # nobody waits for this ack
+        self._pending.append(pending)
+        try:
+            self._write_blocking(codec.SHUTDOWN_COMMAND.encode("ascii") + b"\n")
+        except OSError as e:
+            self._pending.remove(pending)
+            log.warning(logs.kv("exabgp_shutdown_write_failed", error=e))
 
     def _parse_rib(self, lines: list[str]) -> set[Route]:
         self._rib_digest = _digest(lines)

@@ -1,183 +1,36 @@
 """The allocation controller end to end: the real `Controller` (leader election, watch, status
 writes, Events, /metrics) against the fake apiserver (tests/kubeapi.py) through bgpvip's
-client, in the test's event loop. Short lease durations; waits are deadlines, not sleeps."""
+client, in the test's event loop, on fake time (tests/controller/faketime.py) with the
+production timings. `eventually` waits with fake time standing still (what happens on events
+alone); `ft.until` moves it on, timer by timer, and says how many fake seconds that took."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from click.testing import CliRunner
-from prometheus_client import generate_latest
 
-from bgpvip.adapters.kube import EventRecorder, KubeClient
-from bgpvip.cli import main as cli
-from bgpvip.controller import Controller, ControllerOptions
-from bgpvip.core.config import Config, load
+from bgpvip.core.config import load
+from tests.controller.faketime import FakeTime, eventually
+from tests.controller.helpers import (
+    CONFIG_DOC,
+    DEFAULTS,
+    NS,
+    Running,
+    assert_never_doubled,
+    events,
+    ingress,
+    metrics,
+    scrape,
+    service,
+    status_writes,
+    synced,
+)
 from tests.kubeapi import FakeKubeAPI
-
-NS = "bgpvip-system"
-CLASS = "bgpvip.io/bgp"
-LEASE = {"lease_duration": 1.0, "renew_deadline": 0.6, "renew_interval": 0.3, "retry_period": 0.1}
-
-CONFIG_DOC: dict[str, Any] = {
-    "bgp": {
-        "local_as": 65001,
-        "peers": [
-            {"address": "192.0.2.1", "peer_as": 65000},
-            {"address": "2001:db8::1", "peer_as": 65000, "families": ["ipv6"]},
-        ],
-    },
-    "pools": [
-        {"name": "main", "addresses": ["203.0.113.0-203.0.113.3", "2001:db8:10::/126"]},
-        {"name": "reserved", "addresses": ["198.51.100.0/30"], "auto_assign": False},
-    ],
-    "kubernetes": {"enabled": True},
-}
-CONFIG = load(CONFIG_DOC)
-
-
-# --------------------------------------------------------------------------- fixtures and helpers
-
-
-class Running:
-    """A controller running as a task in the test's loop."""
-
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
-        self.task = asyncio.create_task(controller.run())
-
-    async def stop(self, *, release: bool = True) -> None:
-        if not self.task.done():
-            self.controller.stop(release=release)
-            await asyncio.wait_for(self.task, 10)
-
-
-@pytest.fixture
-async def start(kube: KubeClient) -> AsyncIterator[Callable[..., Running]]:
-    running: list[Running] = []
-
-    def start_(
-        identity: str = "ctl-a", config: Config = CONFIG, path: Path | None = None, **kw: Any
-    ) -> Running:
-        options = ControllerOptions(
-            identity=identity,
-            namespace=NS,
-            port=0,
-            retry_initial=0.05,
-            retry_max=0.5,
-            config_poll=kw.pop("config_poll", 60.0),
-            watcher={"backoff_initial": 0.05, "backoff_max": 0.2, "probe_interval": 0.05},
-            **{**LEASE, **kw},
-        )
-        recorder = EventRecorder(
-            kube, component="bgpvip-controller", host=identity, refill_interval=0.1, adopt_other_hosts=True
-        )
-        r = Running(Controller(config, kube, options, recorder=recorder, config_path=path))
-        running.append(r)
-        return r
-
-    yield start_
-    for r in running:
-        await r.stop()
-        r.task.result()  # a controller that died with an exception fails the test
-
-
-async def eventually(predicate: Callable[[], Any], within: float = 5.0, what: str = "") -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"timed out after {within}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
-
-
-def service(
-    name: str, ns: str = "default", *, annotations: dict[str, str] | None = None, **spec: Any
-) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "annotations": annotations or {},
-            "labels": {"app": name},
-        },
-        "spec": {
-            "type": "LoadBalancer",
-            "loadBalancerClass": CLASS,
-            "ports": [{"port": 80, "protocol": "TCP"}],
-            "selector": {"app": name},
-            "ipFamilies": ["IPv4"],
-            "ipFamilyPolicy": "SingleStack",
-            **spec,
-        },
-    }
-
-
-def ingress(api: FakeKubeAPI, name: str, ns: str = "default") -> tuple[str, ...]:
-    obj = api.get("services", ns, name)
-    assert obj is not None, name
-    return tuple(i["ip"] for i in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [])
-
-
-def events(api: FakeKubeAPI, name: str, reason: str | None = None) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in api.objects("events")
-        if e["involvedObject"]["name"] == name and (reason is None or e["reason"] == reason)
-    ]
-
-
-def status_writes(api: FakeKubeAPI) -> list[Any]:
-    return [r for r in api.requests if r.method == "PATCH" and r.path.endswith("/status") and r.status == 200]
-
-
-async def scrape(r: Running, path: str) -> tuple[int, str]:
-    return await asyncio.to_thread(_get, r.controller.port, path)
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metrics(r: Running) -> str:
-    return generate_latest(r.controller.metrics.registry).decode()
-
-
-async def synced(r: Running) -> None:
-    await eventually(
-        lambda: r.controller.leading and r.controller.stats.reconciles > 0, what="leading and synced"
-    )
-
-
-def assert_never_doubled(api: FakeKubeAPI, before: dict[str, tuple[str, ...]]) -> None:
-    """Replay every status write in order: no moment had one address in two Services' statuses
-    (none of these tests shares addresses)."""
-    state = dict(before)
-    for r in status_writes(api):
-        name = r.path.split("/")[-2]
-        state[name] = tuple(i["ip"] for i in (r.body["status"]["loadBalancer"]["ingress"] or []))
-        seen: dict[str, str] = {}
-        for svc, ips in state.items():
-            for ip in ips:
-                assert ip not in seen, f"{ip} in the statuses of {seen[ip]} and {svc} at once"
-                seen[ip] = svc
-
 
 # --------------------------------------------------------------------------- allocation
 
@@ -325,7 +178,9 @@ async def test_release_on_type_change_and_on_delete(api: FakeKubeAPI, start: Cal
     await eventually(lambda: ingress(api, "d") == b_ip, what="the deleted Service's address reused")
 
 
-async def test_a_changed_request_moves_the_service(api: FakeKubeAPI, start: Callable[..., Running]) -> None:
+async def test_a_changed_request_moves_the_service(
+    api: FakeKubeAPI, start: Callable[..., Running], ft: FakeTime
+) -> None:
     start()
     api.put("services", service("a"))
     api.put("services", service("b"))
@@ -338,32 +193,38 @@ async def test_a_changed_request_moves_the_service(api: FakeKubeAPI, start: Call
         assert obj is not None
         obj["metadata"]["annotations"] = {"bgpvip.io/loadBalancerIPs": ip}
         api.put("services", obj)
-    await eventually(
-        lambda: ingress(api, "a") == ("203.0.113.1",) and ingress(api, "b") == ("203.0.113.0",),
-        what="swapped",
+    await ft.until(
+        lambda: ingress(api, "a") == ("203.0.113.1",) and ingress(api, "b") == ("203.0.113.0",), within=5
     )
     assert len(status_writes(api)) > writes_before
     assert_never_doubled(api, {"a": (), "b": ()} | {k: () for k in before})
 
 
 async def test_an_address_waits_for_its_release_to_be_written(
-    api: FakeKubeAPI, start: Callable[..., Running]
+    api: FakeKubeAPI, start: Callable[..., Running], ft: FakeTime
 ) -> None:
     r = start()
     api.put("services", service("a"))
     await eventually(lambda: ingress(api, "a") == ("203.0.113.0",), what="a assigned")
-    # a moves to .3, and its first status write fails: b, which gets .0, must wait for it
+    # a moves to .3, and its status write fails: while it waits for its retry, b comes and is
+    # given .0, which a's status still shows; b must wait for a's release
     api.inject_error(lambda q: q.method == "PATCH" and q.path.endswith("/services/a/status"), 500, "x")
     obj = api.get("services", "default", "a")
     assert obj is not None
     obj["metadata"]["annotations"] = {"bgpvip.io/loadBalancerIPs": "203.0.113.3"}
     api.put("services", obj)
+    await eventually(lambda: r.controller.stats.failures == 1, what="a's write failed")
+    reconciles = r.controller.stats.reconciles
     api.put("services", service("b"))
-    await eventually(
-        lambda: ingress(api, "a") == ("203.0.113.3",) and ingress(api, "b") == ("203.0.113.0",), what="both"
+    await eventually(lambda: r.controller.stats.reconciles == reconciles + 1, what="b decided")
+    await ft.settle()
+    assert ingress(api, "b") == (), "b's write waits"
+    took = await ft.until(
+        lambda: ingress(api, "a") == ("203.0.113.3",) and ingress(api, "b") == ("203.0.113.0",), within=5
     )
+    assert took == DEFAULTS.retry_initial, "a's retry, then b at once: both on their timers"
+    assert r.controller.stats.reconciles == reconciles + 2, "waiting is on a timer, not a busy loop"
     assert r.controller.stats.failures == 1
-    assert r.controller.stats.reconciles < 30, "waiting is on a timer, not a busy loop"
     assert_never_doubled(api, {"a": (), "b": ()})
 
 
@@ -394,7 +255,9 @@ async def test_a_restart_moves_no_address(api: FakeKubeAPI, start: Callable[...,
     assert ingress(api, "aaa-new") == ("203.0.113.3",), "the one address nobody held"
 
 
-async def test_leader_handover_keeps_every_address(api: FakeKubeAPI, start: Callable[..., Running]) -> None:
+async def test_leader_handover_keeps_every_address(
+    api: FakeKubeAPI, start: Callable[..., Running], ft: FakeTime
+) -> None:
     a = start("ctl-a")
     await eventually(lambda: a.controller.leading, what="a leads")
     b = start("ctl-b")
@@ -404,16 +267,21 @@ async def test_leader_handover_keeps_every_address(api: FakeKubeAPI, start: Call
     await eventually(lambda: all(ingress(api, f"s{i}") for i in range(3)), what="assigned by a")
     held = {f"s{i}": ingress(api, f"s{i}") for i in range(3)}
     await eventually(lambda: a.controller.stats.writes == 3, what="a counted its writes")
+    # a while of leading and following: renewals, Lease reads, resyncs
+    await ft.advance(DEFAULTS.resync_interval + DEFAULTS.lease_duration)
+    assert a.controller.leading and a.controller.elector.stats.renewed >= 10
     assert b.controller.stats.writes == 0 and not b.controller.leading, "only the leader writes"
-    assert len(status_writes(api)) == 3
+    assert len(status_writes(api)) == 3, "a resync writes nothing that is already right"
     assert await scrape(b, "/healthz") == (200, "ok follower\n")
     assert "bgpvip_controller_is_leader 0.0" in (await scrape(b, "/metrics"))[1]
     writes = len(status_writes(api))
-    killed = time.monotonic()
     await a.stop(release=False)  # a dies: the Lease is left to expire
-    await eventually(lambda: b.controller.leading, within=5, what="b takes over")
-    took = time.monotonic() - killed
-    assert took < LEASE["lease_duration"] + 2 * LEASE["retry_period"] + 0.5, took
+    took = await ft.until(lambda: b.controller.leading, within=30)
+    # b saw the Lease change last at most a renew interval plus one of its reads before a died,
+    # and takes it at its first read a lease duration after that
+    jittered_read = DEFAULTS.retry_period * 1.2
+    assert DEFAULTS.lease_duration - DEFAULTS.renew_interval <= took
+    assert took <= DEFAULTS.lease_duration + 2 * jittered_read
     await synced(b)
     api.put("services", service("after"))
     await eventually(lambda: ingress(api, "after"), what="b serves new Services")
@@ -424,29 +292,37 @@ async def test_leader_handover_keeps_every_address(api: FakeKubeAPI, start: Call
     assert lease is not None and lease["spec"]["holderIdentity"] == "ctl-b"
 
 
-async def test_a_graceful_stop_hands_over_at_once(api: FakeKubeAPI, start: Callable[..., Running]) -> None:
+async def test_a_graceful_stop_hands_over_at_once(
+    api: FakeKubeAPI, start: Callable[..., Running], ft: FakeTime
+) -> None:
     a = start("ctl-a")
     await eventually(lambda: a.controller.leading, what="a leads")
     b = start("ctl-b")
     await eventually(lambda: b.controller.elector.holder == "ctl-a", what="b follows")
-    stopped = time.monotonic()
     await a.stop()
-    await eventually(lambda: b.controller.leading, what="b takes over")
-    assert time.monotonic() - stopped < 0.6, "released: no lease duration to wait"
+    took = await ft.until(lambda: b.controller.leading, within=30)
+    assert took <= DEFAULTS.retry_period * 1.2, "released: b takes it at its next read"
 
 
-async def test_api_outage_is_fail_static(api: FakeKubeAPI, start: Callable[..., Running]) -> None:
+async def test_api_outage_is_fail_static(
+    api: FakeKubeAPI, start: Callable[..., Running], ft: FakeTime
+) -> None:
     r = start()
     api.put("services", service("a"))
     await eventually(lambda: ingress(api, "a"), what="assigned")
     held = ingress(api, "a")
     writes = len(status_writes(api))
     api.inject_outage("refuse")
-    await eventually(lambda: not r.controller.leading, what="steps down when it cannot renew")
+    took = await ft.until(lambda: not r.controller.leading, within=60)
+    # it stops writing at its renew deadline (the fence), and says so at its next attempt to
+    # renew, still before anyone may take over
+    assert took <= DEFAULTS.renew_deadline + DEFAULTS.retry_period * 1.2 < DEFAULTS.lease_duration
     assert (await scrape(r, "/healthz"))[0] == 200, "an API outage is no reason to be restarted"
+    await ft.advance(5 * DEFAULTS.lease_duration)
+    assert len(status_writes(api)) == writes and ingress(api, "a") == held, "nothing written or released"
     api.restore()
-    await eventually(lambda: r.controller.leading, what="leads again")
-    await synced(r)
+    took = await ft.until(lambda: r.controller.leading and r.controller.stats.reconciles > 1, within=60)
+    assert took <= DEFAULTS.lease_duration, "back within the elector's longest backoff"
     api.put("services", service("b"))
     await eventually(lambda: ingress(api, "b"), what="serves again")
     assert ingress(api, "a") == held
@@ -454,7 +330,7 @@ async def test_api_outage_is_fail_static(api: FakeKubeAPI, start: Callable[..., 
 
 
 async def test_failed_and_conflicting_writes_are_retried(
-    api: FakeKubeAPI, start: Callable[..., Running]
+    api: FakeKubeAPI, start: Callable[..., Running], ft: FakeTime
 ) -> None:
     def status_patch(r: Any) -> bool:
         return bool(r.method == "PATCH" and r.path.endswith("/status"))
@@ -463,26 +339,30 @@ async def test_failed_and_conflicting_writes_are_retried(
     api.inject_error(status_patch, 409, "Conflict", times=1)
     r = start()
     api.put("services", service("a"))
-    await eventually(lambda: r.controller.stats.writes == 1, what="written after retries")
+    await eventually(lambda: r.controller.stats.failures == 1, what="the first write failed")
+    took = await ft.until(lambda: r.controller.stats.writes == 1, within=10)
+    first = DEFAULTS.retry_initial
+    assert took == first + 2 * first + first, "backoff 0.5 s, then 1 s; a conflict retries after 0.5 s"
     assert ingress(api, "a") == ("203.0.113.0",)
     assert (r.controller.stats.failures, r.controller.stats.conflicts) == (2, 1)
 
 
-async def test_config_reload(api: FakeKubeAPI, start: Callable[..., Running], tmp_path: Path) -> None:
+async def test_config_reload(
+    api: FakeKubeAPI, start: Callable[..., Running], ft: FakeTime, tmp_path: Path
+) -> None:
     path = tmp_path / "config.yaml"
     small = {**CONFIG_DOC, "pools": [{"name": "main", "addresses": ["203.0.113.0/32"]}]}
     path.write_text(yaml.safe_dump(small))
-    r = start(config=load(small), path=path, config_poll=0.05)
+    r = start(config=load(small), path=path)
     api.put("services", service("a"))
     api.put("services", service("b"))
     await eventually(lambda: events(api, "b", "PoolExhausted"), what="b pending")
     path.write_text("pools: [")
-    await eventually(
-        lambda: 'bgpvip_config_reloads_total{result="error"} 1.0' in metrics(r),
-        what="the bad config rejected",
-    )
+    took = await ft.until(lambda: 'bgpvip_config_reloads_total{result="error"} 1.0' in metrics(r), within=10)
+    assert took <= DEFAULTS.config_poll, "the bad config rejected at the next look"
     path.write_text(yaml.safe_dump({**small, "pools": [{"name": "main", "addresses": ["203.0.113.0/31"]}]}))
-    await eventually(lambda: ingress(api, "b") == ("203.0.113.1",), what="the grown pool serves b")
+    took = await ft.until(lambda: ingress(api, "b") == ("203.0.113.1",), within=10)
+    assert took <= DEFAULTS.config_poll, "the grown pool serves b after the next look"
     assert ingress(api, "a") == ("203.0.113.0",)
 
 
@@ -543,77 +423,3 @@ async def test_the_guide_examples_do_what_the_guide_says(
     await eventually(lambda: events(api, "dns-tcp-2", "RequestConflict"), what="conflict")
     quoted = GUIDE.read_text().split("Warning  RequestConflict  ", 1)[1].split("```", 1)[0]
     assert events(api, "dns-tcp-2")[0]["message"] == " ".join(quoted.split())
-
-
-# --------------------------------------------------------------------------- the command
-
-
-def test_cli_help_and_bad_input(tmp_path: Path) -> None:
-    runner = CliRunner()
-    out = runner.invoke(cli, ["controller", "--help"])
-    assert (
-        out.exit_code == 0 and "bgpvip.io/loadBalancerIPs" in out.output and "--lease-duration" in out.output
-    )
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("pools: 5\n")
-    out = runner.invoke(cli, ["controller", "--config", str(bad)])
-    assert out.exit_code == 2 and "invalid" in out.output and "bgp: is required" in out.output
-    out = runner.invoke(cli, ["controller", "--config", str(bad), "--renew-deadline", "20"])
-    assert out.exit_code == 2 and "--renew-deadline < --lease-duration" in out.output
-
-
-def test_the_command_runs_allocates_and_stops_cleanly_on_sigterm(api: FakeKubeAPI, tmp_path: Path) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-                "current-context": "fake",
-            }
-        )
-    )
-    config = tmp_path / "config.yaml"
-    # as in the shared ConfigMap: ${VAR} expansion happens in the controller too
-    doc = {**CONFIG_DOC, "node_name": "${NODE_NAME:-none}"}
-    config.write_text(yaml.safe_dump({**doc, "kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig)}}))
-    api.put("services", service("web"))
-    log = tmp_path / "stderr.log"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bgpvip",
-                "controller",
-                "--config",
-                str(config),
-                "--namespace",
-                NS,
-                "--identity",
-                "proc",
-                "--port",
-                "0",
-            ],
-            stderr=stderr,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while ingress(api, "web") != ("203.0.113.0",):
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(10) == 0, log.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    lease = api.get("leases", NS, "bgpvip-controller")
-    assert lease is not None and not lease["spec"].get("holderIdentity"), "released on SIGTERM"
-    text = log.read_text()
-    assert "event=allocated service=default/web ips=203.0.113.0" in text
-    assert "event=controller-stopped identity=proc released=True" in text
