@@ -606,8 +606,8 @@ class Bench:
                 local_addresses={},
             )
         )
-        env = {"PYTHONUNBUFFERED": "1", **exa.exabgp_environment(config.exabgp, runtime, service_ips=True)}
-        self.report["exabgp_reactor_speed"] = config.exabgp.speed(service_ips=True)
+        env = {"PYTHONUNBUFFERED": "1", **exa.exabgp_environment(config.exabgp, runtime)}
+        self.report["exabgp_reactor_speed"] = config.exabgp.reactor_speed
         log_path = lab.log_dir / f"{NODE}-{name}-exabgp.log"
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()

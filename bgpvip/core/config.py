@@ -726,36 +726,24 @@ class StatusConfig(_Model):
     """TCP port. Default 9474."""
 
 
-REACTOR_SPEED_SERVICE_IPS = 0.1
-"""`exabgp.reactor_speed` when unset and `kubernetes.enabled`: bulk announcement."""
-REACTOR_SPEED_VIPS = 5.0
-"""`exabgp.reactor_speed` when unset on a host without Service IPs: idle CPU."""
-
-
 class ExabgpConfig(_Model):
-    reactor_speed: _Float | None = Field(default=None, ge=0.01, le=5)
+    reactor_speed: _Float = Field(default=0.1, ge=0.01, le=5)
     """ExaBGP's `exabgp.reactor.speed`. ExaBGP's loop waits up to speed/100 seconds for input
     between its rounds and wakes at once when the speaker writes a command or a router sends a
-    message, so a health failure reaches the router equally fast at any speed; what the speed
-    changes is how often an idle ExaBGP wakes up, and how fast it works through a long queue
-    of announcements, which it takes in slices with a wait in between. Default unset: 0.1 when
-    `kubernetes.enabled` (thousands of Service routes at start reach the router sooner), and 5
-    on a host that only announces VIPs (an idle ExaBGP then wakes every 50 ms instead of every
-    millisecond; ExaBGP takes 50 prefixes of a command per slice, so only a host with more VIPs
-    than that changing at once waits between slices: set 1 there). The measurements are in
-    docs/performance.md. At least 0.01: shorter waits make ExaBGP's idle loop a busy one."""
+    message, so a health failure reaches the router equally fast at any speed. What the speed
+    changes: how often an idle ExaBGP wakes up, how fast it works through a long queue of
+    announcements (it takes them in slices with a wait in between), and how far its own
+    reconnection after the Cease that ends each session on a stop gets before ExaBGP exits.
+    Default 0.1: thousands of Service routes at start reach the router sooner, and at a stop
+    the router sees the Cease last. A host that only announces VIPs can set 5 to idle at a
+    fraction of the CPU, at the price of a reconnection the router may see reset after the
+    Cease. The measurements are in docs/performance.md. At least 0.01: shorter waits make
+    ExaBGP's idle loop a busy one."""
     executable: str = Field(default="exabgp", min_length=1)
     """ExaBGP command `bgpvip run` starts (looked up in PATH, then next to bgpvip).
     `bgpvip check-config` and `bgpvip run` check that it exists and is executable."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     """ExaBGP's log level."""
-
-    def speed(self, *, service_ips: bool) -> float:
-        """The reactor speed to run at: `reactor_speed`, or when unset the default for a host
-        that announces Service IPs (`service_ips`) or only VIPs."""
-        if self.reactor_speed is not None:
-            return self.reactor_speed
-        return REACTOR_SPEED_SERVICE_IPS if service_ips else REACTOR_SPEED_VIPS
 
 
 class Config(_Model):

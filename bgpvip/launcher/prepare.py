@@ -182,7 +182,7 @@ def prepare(config: Config, config_path: Path, *, env: Mapping[str, str] | None 
         f.write(text)
     tmp.replace(conf)
     environment = dict(env if env is not None else os.environ)
-    environment.update(exa.exabgp_environment(config.exabgp, runtime, service_ips=config.kubernetes.enabled))
+    environment.update(exa.exabgp_environment(config.exabgp, runtime))
     # glibc gives threads that allocate at once their own malloc arenas (up to 8 per core),
     # each holding on to freed memory; the speaker has watcher, recorder and worker threads.
     environment.setdefault("MALLOC_ARENA_MAX", "2")

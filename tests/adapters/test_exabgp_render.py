@@ -377,8 +377,7 @@ def test_environment_defaults(tmp_path: Path) -> None:
     assert environment["exabgp.api.cli"] == "false"
     assert environment["exabgp.tcp.bind"] == ""
     assert environment["exabgp.daemon.user"] == "bgpvip"
-    assert environment["exabgp.reactor.speed"] == "5.0"  # a host without Service IPs
-    assert exabgp_environment(ExabgpConfig(), tmp_path, service_ips=True)["exabgp.reactor.speed"] == "0.1"
+    assert environment["exabgp.reactor.speed"] == "0.1"
     assert environment["EXABGP_ENVFILE"] == str(tmp_path / "exabgp.env")
     with pytest.raises(ValueError, match="absolute"):
         exabgp_environment(ExabgpConfig(), "run/bgpvip")

@@ -220,7 +220,7 @@ DEFAULTS = [
     ("status.enabled", lambda c: c.status.enabled, True),
     ("status.listen", lambda c: c.status.listen, IPv4Address("127.0.0.1")),
     ("status.port", lambda c: c.status.port, 9474),
-    ("exabgp.reactor_speed", lambda c: c.exabgp.reactor_speed, None),
+    ("exabgp.reactor_speed", lambda c: c.exabgp.reactor_speed, 0.1),
     ("exabgp.executable", lambda c: c.exabgp.executable, "exabgp"),
     ("exabgp.log_level", lambda c: c.exabgp.log_level, "INFO"),
 ]
@@ -480,21 +480,6 @@ def test_the_largest_med_with_every_penalty_loads() -> None:
 def test_effective_priority(priority: int | None, vip_priority: int | None, expected: int | None) -> None:
     c = load(with_(MINIMAL, priority=priority, vips=[vip(priority=vip_priority)]))
     assert cfg.effective_priority(c, c.vips[0]) == expected
-
-
-@pytest.mark.parametrize(
-    ("speed", "service_ips", "expected"),
-    [(None, True, 0.1), (None, False, 5.0), (0.5, True, 0.5), (0.5, False, 0.5)],
-    ids=["unset-service-ips", "unset-vips-only", "set-service-ips", "set-vips-only"],
-)
-def test_reactor_speed_default_depends_on_service_ips(
-    speed: float | None, service_ips: bool, expected: float
-) -> None:
-    """Unset: fast rounds where thousands of Service routes are announced at once, a quiet
-    idle loop where only VIPs are; a set value wins either way."""
-    exabgp = {} if speed is None else {"reactor_speed": speed}
-    c = load(with_(MINIMAL, exabgp=exabgp, kubernetes={"enabled": service_ips}))
-    assert c.exabgp.speed(service_ips=c.kubernetes.enabled) == expected
 
 
 @pytest.mark.parametrize(

@@ -206,7 +206,7 @@ def render_config(
 
 
 def exabgp_environment(
-    config: ExabgpConfig, runtime_dir: Path | str, *, user: str | None = None, service_ips: bool = False
+    config: ExabgpConfig, runtime_dir: Path | str, *, user: str | None = None
 ) -> dict[str, str]:
     """Environment variables to start ExaBGP with, on top of the inherited environment.
 
@@ -214,8 +214,7 @@ def exabgp_environment(
     its env file (environment/environment.py), so the dotted names win over anything set
     elsewhere. `user` is who ExaBGP runs as after start: default the current user, because
     ExaBGP started as root otherwise drops to `nobody`, and helpers it respawns later would
-    run as nobody too, without the rights to manage addresses. `service_ips`: whether this
-    host announces Kubernetes Service IPs (the reactor speed's default depends on it)."""
+    run as nobody too, without the rights to manage addresses."""
     runtime = Path(runtime_dir)
     if not runtime.is_absolute():
         raise ValueError(f"runtime_dir must be absolute (ExaBGP changes to /), not {runtime}")
@@ -237,7 +236,7 @@ def exabgp_environment(
         "exabgp.log.level": config.log_level,
         # otherwise a statistics line at INFO on every keepalive drowns the useful lines
         "exabgp.log.statistics": "false",
-        "exabgp.reactor.speed": repr(config.speed(service_ips=service_ips)),
+        "exabgp.reactor.speed": repr(config.reactor_speed),
         "exabgp.tcp.attempts": "0",
         # empty: no listening socket unless a passive neighbor asks for one (`listen`)
         "exabgp.tcp.bind": "",
