@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchutil as bu  # noqa: E402
+
 from bgpvip.core.bfd import Session, Timers  # noqa: E402
 from bgpvip.core.bfd_packet import ControlPacket, State, decode, encode  # noqa: E402
 
@@ -73,10 +75,6 @@ def micro(number: int) -> dict[str, float]:
 
 def sh(*args: str) -> None:
     subprocess.run(list(args), check=True, capture_output=True, text=True)
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def process_cost(n: int, seconds: float) -> dict[str, object]:
@@ -130,9 +128,9 @@ def process_cost(n: int, seconds: float) -> dict[str, object]:
             text=True,
         )
         procs.append(measured)
-        before = loadavg()
+        before = bu.loadavg()
         out, _ = measured.communicate(timeout=seconds + 60)
-        after = loadavg()
+        after = bu.loadavg()
         cpu = next(json.loads(line) for line in out.splitlines() if '"cpu"' in line)
         busy = cpu["user"] + cpu["system"]
         return {
@@ -166,6 +164,12 @@ def main() -> int:
     if args.micro:
         for name, us in micro(args.number).items():
             print(f"{name:24s} {us:7.2f} us")
+    if args.sessions:
+        if os.geteuid() != 0:
+            print("bfd_cpu.py: --sessions needs root (network namespaces)", file=sys.stderr)
+            return 2
+        for warning in bu.machine_warnings(bu.machine_state()):
+            print(f"bfd_cpu.py: WARNING: {warning}", file=sys.stderr)
     for n in args.sessions:
         print(json.dumps(process_cost(n, args.seconds)))
     return 0

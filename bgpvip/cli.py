@@ -116,7 +116,7 @@ def exabgp_config(config_path: Path, speaker_command: str | None) -> None:
 
     from bgpvip.configfile import load_file
     from bgpvip.core.config import ConfigError
-    from bgpvip.supervisor import render
+    from bgpvip.launcher.prepare import render
 
     try:
         cfg = load_file(config_path)
@@ -137,7 +137,7 @@ def run(config_path: Path) -> None:
     on an invalid config, or when runtime_dir or the ExaBGP executable is unusable (the same
     messages as `bgpvip check-config`).
     """
-    from bgpvip.supervisor import run_main
+    from bgpvip.launcher.prepare import run_main
 
     sys.exit(run_main(config_path))
 

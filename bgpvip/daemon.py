@@ -21,10 +21,10 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from bgpvip import logs, memory
-from bgpvip.adapters import bgpconnect, kube, netlink, probes
+from bgpvip.adapters import bgpconnect, netlink, probes
 from bgpvip.adapters import exabgp as exa
 from bgpvip.configfile import file_stamp, load_file, read_password
 from bgpvip.core import services as svc
@@ -51,6 +51,9 @@ from bgpvip.reconcile import (
 )
 from bgpvip.runfiles import PID_FILE, STOP_MARKER
 from bgpvip.status import StatusBoard, status_server
+
+if TYPE_CHECKING:  # loaded by KubeBridge: a speaker without Service IPs never needs it
+    from bgpvip.adapters import kube
 
 log = logs.get("daemon")
 
@@ -182,6 +185,8 @@ class KubeBridge:
         """(Re)start the watch. A connection that cannot be resolved (no kubeconfig, no in-cluster
         environment) is an API outage like any other: the watcher reports `KubeUnavailable` and
         retries, the VIPs go on, the Service routes stay as they are."""
+        from bgpvip.adapters import kube
+
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(BaseException):
@@ -278,6 +283,8 @@ class KubeBridge:
     def _record_changes(
         self, previous: svc.ServiceDecisions | None, table: svc.ServiceDecisions, state: svc.KubeState
     ) -> None:
+        from bgpvip.adapters import kube
+
         first = previous is None
         if first:
             sources: Iterable[str] = table.by_source.keys()

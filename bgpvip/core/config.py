@@ -728,9 +728,17 @@ class StatusConfig(_Model):
 
 class ExabgpConfig(_Model):
     reactor_speed: _Float = Field(default=0.1, ge=0.01, le=5)
-    """ExaBGP's `exabgp.reactor.speed` (seconds its loop may sleep). Default 0.1 instead of
-    ExaBGP's 1.0: measured 10,000 routes in 3.2 s instead of 4.7 s at the same CPU. At least
-    0.01: shorter sleeps make ExaBGP's idle loop a busy one (docs/performance.md)."""
+    """ExaBGP's `exabgp.reactor.speed`. ExaBGP's loop waits up to speed/100 seconds for input
+    between its rounds and wakes at once when the speaker writes a command or a router sends a
+    message, so a health failure reaches the router equally fast at any speed. What the speed
+    changes: how often an idle ExaBGP wakes up, how fast it works through a long queue of
+    announcements (it takes them in slices with a wait in between), and how far its own
+    reconnection after the Cease that ends each session on a stop gets before ExaBGP exits.
+    Default 0.1: thousands of Service routes at start reach the router sooner, and at a stop
+    the router sees the Cease last. A host that only announces VIPs can set 5 to idle at a
+    fraction of the CPU, at the price of a reconnection the router may see reset after the
+    Cease. The measurements are in docs/performance.md. At least 0.01: shorter waits make
+    ExaBGP's idle loop a busy one."""
     executable: str = Field(default="exabgp", min_length=1)
     """ExaBGP command `bgpvip run` starts (looked up in PATH, then next to bgpvip).
     `bgpvip check-config` and `bgpvip run` check that it exists and is executable."""

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
+from bgpvip.launcher.prepare import speaker_command
 from bgpvip.runfiles import STOP_MARKER
-from bgpvip.supervisor import speaker_command
 
 pytestmark = pytest.mark.timeout(60)
 

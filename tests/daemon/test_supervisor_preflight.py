@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bgpvip.core.config import Config, ConfigError, load
-from bgpvip.supervisor import listening_peers
+from bgpvip.launcher.prepare import listening_peers
 
 PEER = ip_address("127.0.0.2")
 LOCAL = {PEER: ip_address("127.0.0.1")}
@@ -68,7 +68,7 @@ SCRIPT = """
 import json, socket, sys
 from ipaddress import ip_address
 from bgpvip.core.config import ConfigError, load
-from bgpvip.supervisor import listening_peers
+from bgpvip.launcher.prepare import listening_peers
 listen = json.loads(sys.argv[1])
 config = load({"bgp": {"local_as": 65100, "peers": [
     {"address": "127.0.0.2", "peer_as": 65000, "local_address": "127.0.0.1", "listen": listen}]}})

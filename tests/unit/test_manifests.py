@@ -20,6 +20,8 @@ import yaml
 import bgpvip
 from bgpvip.configfile import expand_env
 from bgpvip.core.config import Config, load
+from bgpvip.launcher.prepare import SPEAKER_STOP_GRACE
+from bgpvip.launcher.supervisor import EXABGP_STOP_GRACE
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -27,9 +29,9 @@ KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization
 NAMESPACE = "bgpvip-system"
 SERVICE_ACCOUNT = "bgpvip-speaker"
 CONFIG_PATH = "/etc/bgpvip/config.yaml"
-# `bgpvip run` gives the speaker shutdown_delay + 15 s to withdraw, then ExaBGP 15 s before it
-# kills it (bgpvip/supervisor.py): the kubelet must not SIGKILL the pod before that.
-SUPERVISOR_STOP_BUDGET = 15.0 + 15.0
+# `bgpvip run` gives the speaker shutdown_delay + SPEAKER_STOP_GRACE to withdraw, then ExaBGP
+# EXABGP_STOP_GRACE before it kills it: the kubelet must not SIGKILL the pod before that.
+SUPERVISOR_STOP_BUDGET = SPEAKER_STOP_GRACE + EXABGP_STOP_GRACE
 
 
 def _yaml_files() -> list[Path]:
