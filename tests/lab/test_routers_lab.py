@@ -352,7 +352,8 @@ def test_md5_right_and_wrong(lab: nslab.Lab, run_speaker: Callable[..., Speaker]
         wrong = run_speaker("n2", [http_vip(VIP4)], peer={"password_file": str(work / "wrong.password")})
 
         def explained() -> bool:
-            return "MD5 password" in peers(wrong)[router]["reason"]
+            # a status read before the speaker's first pass lists no peer yet
+            return "MD5 password" in peers(wrong).get(router, {}).get("reason", "")
 
         wait_until(explained, 30, "the peer's reason naming the MD5 password")
         session = peers(wrong)[router]
